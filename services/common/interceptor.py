@@ -1,0 +1,108 @@
+"""One server interceptor for every service: error mapping and gRPC metrics.
+
+Handlers raise `ServiceError`s; this turns them into statuses, turns anything else
+into INTERNAL (logged with its traceback, the server keeps running) and counts every
+call by method and code with the py-grpc-prometheus metric names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError
+
+from services.common.errors import ServiceError
+from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
+
+log = logging.getLogger(__name__)
+
+
+class _CallRecord:
+    """Tracks one call's method, type and final status for the metrics."""
+
+    def __init__(self, full_method: str, rpc_type: str) -> None:
+        _, service, method = full_method.split("/")
+        self.labels = {"grpc_service": service, "grpc_method": method, "grpc_type": rpc_type}
+        self.started = time.perf_counter()
+        GRPC_STARTED.labels(**self.labels).inc()
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        GRPC_HANDLED.labels(**self.labels, grpc_code=code.name).inc()
+        GRPC_HANDLING_SECONDS.labels(**self.labels).observe(time.perf_counter() - self.started)
+
+
+async def _fail(context: grpc.aio.ServicerContext, record: _CallRecord, exc: BaseException) -> None:
+    if isinstance(exc, ServiceError):
+        record.finish(exc.code)
+        await context.abort(exc.code, str(exc))
+    log.exception("unhandled error in %s", record.labels["grpc_method"])
+    record.finish(grpc.StatusCode.INTERNAL)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, rpc_type: str) -> Callable[..., Awaitable[Any]]:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        record = _CallRecord(method, rpc_type)
+        try:
+            response = await behavior(request_or_iterator, context)
+        except AbortError:
+            record.finish(_code_of(context))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the point of this interceptor
+            await _fail(context, record, exc)
+        else:
+            record.finish(_code_of(context))
+            return response
+
+    return handler
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, rpc_type: str) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        record = _CallRecord(method, rpc_type)
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        except AbortError:
+            record.finish(_code_of(context))
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _fail(context, record, exc)
+        else:
+            record.finish(_code_of(context))
+
+    return handler
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        common = dict(
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method, "unary"), **common)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method, "client_stream"), **common
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method, "server_stream"), **common
+            )
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method, "bidi_stream"), **common)

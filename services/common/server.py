@@ -1,0 +1,114 @@
+"""The one server bootstrap: aio server, health, reflection, metrics, interceptor, signals.
+
+Every service's `__main__` builds its servicers and calls `run_server`. Health
+reports NOT_SERVING until `startup` finishes (e.g. the engine has loaded) and again
+while draining on SIGTERM/SIGINT, so load balancers stop sending work first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import option
+from services.common.interceptor import ServiceInterceptor
+from services.common.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Network settings every service shares."""
+
+    host: str = option("127.0.0.1", "Address to bind the gRPC server to (0.0.0.0 for all interfaces).")
+    port: int = option(50051, "gRPC port.")
+    metrics_port: int = option(9100, "Prometheus /metrics HTTP port (0 disables it).")
+    max_message_mb: int = option(64, "Largest gRPC message accepted or sent, in MiB.")
+    grace_s: float = option(10.0, "Seconds in-flight RPCs get to finish on shutdown.")
+    log_level: str = option("INFO", "Python logging level.")
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A servicer and how to add it: `add(servicer, server)` from the generated *_pb2_grpc."""
+
+    servicer: Any
+    add: Callable[[Any, grpc.aio.Server], None]
+    full_name: str
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
+    """Message limits (the 4 MiB default is too small for batches and weight chunks)."""
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+
+
+async def run_server(
+    config: ServingConfig,
+    registrations: Sequence[Registration],
+    startup: Callable[[], Awaitable[None]] | None = None,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serves until SIGTERM/SIGINT, then drains for `config.grace_s` and returns."""
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=channel_options(config.max_message_mb))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [r.full_name for r in registrations]
+    for registration in registrations:
+        registration.add(registration.servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    async def set_health(status: int) -> None:
+        for name in ("", *names):
+            await health_servicer.set(name, status)
+
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{config.host}:{config.port}"
+    if server.add_insecure_port(address) == 0:
+        raise RuntimeError(f"cannot bind gRPC server to {address}")
+    serve_metrics(config.host, config.metrics_port)
+    await server.start()
+    log.info("gRPC server listening on %s (services: %s)", address, ", ".join(names))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if startup is not None:
+            start_task = asyncio.ensure_future(startup())
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({start_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if start_task in done:
+                start_task.result()
+            else:
+                start_task.cancel()
+        if not stop.is_set():
+            await set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving")
+            await stop.wait()
+        log.info("shutting down: draining for up to %.1f s", config.grace_s)
+        await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(config.grace_s)
+    finally:
+        if shutdown is not None:
+            await shutdown()
+    log.info("stopped")

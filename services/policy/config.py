@@ -1,0 +1,35 @@
+"""Policy service configuration (flags, `RLHF_POLICY_*` environment, or a TOML file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import option
+from services.common.model_store import DEFAULT_CACHE
+from services.common.server import ServingConfig
+
+
+@dataclass(frozen=True)
+class PolicyConfig(ServingConfig):
+    """Serve a language model with vLLM over gRPC and accept live weight pushes."""
+
+    port: int = option(50051, "gRPC port.")
+    metrics_port: int = option(9101, "Prometheus /metrics HTTP port (0 disables it).")
+    model: str = option("", "Checkpoint directory (safetensors + config). Empty: SmolLM2-135M-Instruct from the model cache.")
+    model_cache: str = option(str(DEFAULT_CACHE), "Where packaged models are converted to on first use.")
+    device: str = option("auto", "cpu, cuda, or auto (cuda when a GPU is visible). Must match the installed vLLM wheel.")
+    dtype: str = option("auto", "Weight/activation dtype: auto (float32 on cpu, bfloat16 on cuda), float32, float16, bfloat16.")
+    enforce_eager: bool = option(True, "Skip graph capture/compilation: fast start; turn off on GPUs for throughput.")
+    max_model_len: int = option(1024, "Context length (prompt + completion tokens).")
+    max_num_seqs: int = option(64, "Sequences the engine runs concurrently.")
+    cpu_kvcache_gib: float = option(2.0, "KV-cache size on the CPU backend, GiB (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_threads_bind: str = option("", "CPU cores for the CPU backend, e.g. '0-1' (VLLM_CPU_OMP_THREADS_BIND). Empty: all cores.")
+    gpu_memory_utilization: float = option(0.5, "Share of GPU memory vLLM may take (leave room for a colocated trainer).")
+    tensor_parallel_size: int = option(1, "GPUs to shard the model over.")
+    seed: int = option(0, "Engine seed (per-request seeds override it).")
+    max_prompts_per_request: int = option(256, "Most prompts in one Generate request.")
+    max_samples_per_prompt: int = option(64, "Largest n in SamplingParams.")
+    max_tokens: int = option(1024, "Largest max_tokens in SamplingParams (also bounded by max_model_len).")
+    max_push_gb: float = option(64.0, "Largest weight push accepted, GB.")
+    staging_dir: str = option("", "Where verified pushes are staged before loading. Empty: /dev/shm if present, else the temp dir.")
+    drain_timeout_s: float = option(30.0, "On a weight swap, how long in-flight requests may finish on the old version before they are aborted.")

@@ -1,0 +1,275 @@
+"""The PolicyService servicer: validate, call the engine adapter, build the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.weight_stream import PushAssembler, TensorSpec
+from services.policy import metrics
+from services.policy.engine import SampleDelta, VllmEngine
+from services.policy.sampling import Limits, SamplingSpec, check_prompt_count, check_request_id, check_token_ids, parse_sampling
+from services.policy.version_gate import VersionGate
+from services.policy.weight_staging import write_staged
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "abort": common_pb2.FINISH_REASON_ABORTED,
+}
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    def __init__(
+        self,
+        engine: VllmEngine,
+        tokenizer,
+        limits: Limits,
+        manifest: dict[str, TensorSpec],
+        staging: Path,
+        max_push_bytes: int,
+        drain_timeout_s: float,
+        model_name: str,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.manifest = manifest
+        self.staging = staging
+        self.max_push_bytes = max_push_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self.model_name = model_name
+        self.gate = VersionGate()
+        self.state = policy_pb2.ENGINE_STATE_STARTING
+        self._push_lock = asyncio.Lock()
+        self._in_flight: set[str] = set()
+        metrics.WEIGHT_VERSION.set(0)
+        self._set_state(policy_pb2.ENGINE_STATE_STARTING)
+
+    def _set_state(self, state: int) -> None:
+        self.state = state
+        metrics.ENGINE_STATE.set(state)
+
+    def mark_serving(self) -> None:
+        self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+
+    # ---- generation -------------------------------------------------------
+
+    def _check_serving(self) -> None:
+        if self.state == policy_pb2.ENGINE_STATE_STARTING:
+            raise Unavailable("the engine is still starting; retry when health reports SERVING")
+        if self.state == policy_pb2.ENGINE_STATE_FAILED:
+            raise Unavailable("a weight load failed midway; refusing to serve a half-updated model until a push succeeds")
+
+    def _prompt_ids(self, request: policy_pb2.GenerateRequest, spec: SamplingSpec) -> list[list[int]]:
+        check_prompt_count(len(request.prompts), self.limits)
+        prompts = []
+        for index, prompt in enumerate(request.prompts):
+            has_text, has_ids = bool(prompt.text), len(prompt.token_ids) > 0
+            if has_text == has_ids:
+                raise InvalidArgument(f"prompts[{index}]: give exactly one of text or token_ids")
+            if has_ids:
+                ids = list(prompt.token_ids)
+            elif prompt.apply_chat_template:
+                ids = _as_list(self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt.text}], add_generation_prompt=True, tokenize=True
+                ))
+            else:
+                ids = self.tokenizer.encode(prompt.text, add_special_tokens=False)
+            check_token_ids(index, ids, spec, self.limits)
+            prompts.append(ids)
+        return prompts
+
+    def _validate(self, request: policy_pb2.GenerateRequest) -> tuple[SamplingSpec, list[list[int]]]:
+        check_request_id(request.request_id)
+        spec = parse_sampling(request.sampling, self.limits)
+        return spec, self._prompt_ids(request, spec)
+
+    async def _stream_sample(
+        self, tag: str, prompt_ids: list[int], spec: SamplingSpec, sample_index: int
+    ) -> AsyncIterator[SampleDelta]:
+        engine_id = f"{tag}-{uuid.uuid4().hex[:12]}"
+        arrival = time.perf_counter()
+        first = True
+        self._in_flight.add(engine_id)
+        metrics.REQUESTS_RUNNING.inc()
+        metrics.PROMPT_TOKENS.inc(len(prompt_ids))
+        try:
+            async for delta in self.engine.generate(engine_id, prompt_ids, spec, sample_index):
+                if first and delta.token_ids:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - arrival)
+                    first = False
+                metrics.GENERATION_TOKENS.inc(len(delta.token_ids))
+                if delta.finish_reason is not None:
+                    metrics.REQUEST_SUCCESS.labels(delta.finish_reason).inc()
+                    metrics.E2E_LATENCY.observe(time.perf_counter() - arrival)
+                yield delta
+        finally:
+            metrics.REQUESTS_RUNNING.dec()
+            self._in_flight.discard(engine_id)
+
+    async def _collect_sample(self, tag: str, prompt_ids: list[int], spec: SamplingSpec, index: int, version: int):
+        sample = policy_pb2.Sample(index=index, weight_version=version)
+        text = []
+        async for delta in self._stream_sample(tag, prompt_ids, spec, index):
+            sample.token_ids.extend(delta.token_ids)
+            sample.logprobs.extend(delta.logprobs)
+            text.append(delta.text)
+            if delta.finish_reason is not None:
+                sample.finish_reason = FINISH_REASONS.get(delta.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)
+        sample.text = "".join(text)
+        return sample
+
+    async def Generate(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        self._check_serving()
+        spec, prompts = self._validate(request)
+        tag = request.request_id or "gen"
+        metrics.REQUESTS_WAITING.inc()
+        async with self.gate.lease() as version:
+            metrics.REQUESTS_WAITING.dec()
+            self._check_serving()
+            jobs = [
+                [self._collect_sample(tag, ids, spec, i, version) for i in range(spec.n)] for ids in prompts
+            ]
+            samples = await asyncio.gather(*[job for group in jobs for job in group])
+        response = policy_pb2.GenerateResponse()
+        for p, ids in enumerate(prompts):
+            result = response.results.add(prompt_token_ids=ids)
+            result.samples.extend(samples[p * spec.n : (p + 1) * spec.n])
+        return response
+
+    async def GenerateStream(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
+        self._check_serving()
+        spec, prompts = self._validate(request)
+        tag = request.request_id or "stream"
+        queue: asyncio.Queue = asyncio.Queue()
+        metrics.REQUESTS_WAITING.inc()
+        async with self.gate.lease() as version:
+            metrics.REQUESTS_WAITING.dec()
+            self._check_serving()
+
+            async def pump(p: int, i: int) -> None:
+                try:
+                    first = i == 0
+                    async for delta in self._stream_sample(tag, prompts[p], spec, i):
+                        message = policy_pb2.GenerateStreamResponse(
+                            prompt_index=p,
+                            sample_index=i,
+                            text_delta=delta.text,
+                            token_ids=delta.token_ids,
+                            logprobs=delta.logprobs,
+                            weight_version=version,
+                            finish_reason=FINISH_REASONS.get(delta.finish_reason or "", 0),
+                        )
+                        if first:
+                            message.prompt_token_ids.extend(prompts[p])
+                            first = False
+                        await queue.put(message)
+                finally:
+                    await queue.put(None)
+
+            tasks = [asyncio.create_task(pump(p, i)) for p in range(len(prompts)) for i in range(spec.n)]
+            try:
+                remaining = len(tasks)
+                while remaining:
+                    item = await queue.get()
+                    if item is None:
+                        remaining -= 1
+                    else:
+                        yield item
+                for task in tasks:
+                    task.result()  # surface engine errors
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- weights ----------------------------------------------------------
+
+    async def PushWeights(self, request_iterator, context: grpc.aio.ServicerContext):
+        started = time.perf_counter()
+        assembler = PushAssembler(self.manifest, self.max_push_bytes)
+        try:
+            async for request in request_iterator:
+                assembler.feed(request)
+            staged = assembler.finish()
+        except Exception:
+            metrics.PUSHES.labels("rejected").inc()
+            raise
+        received = time.perf_counter() - started
+        metrics.PUSH_SECONDS.labels("receive").observe(received)
+        async with self._push_lock:
+            current = self.gate.version
+            if staged.expected_version is not None and staged.expected_version != current:
+                metrics.PUSHES.labels("rejected").inc()
+                raise FailedPrecondition(
+                    f"push expected version {staged.expected_version} but {current} is serving; nothing was applied"
+                )
+            path = await asyncio.get_running_loop().run_in_executor(None, write_staged, staged, self.staging)
+            apply_started = time.perf_counter()
+            try:
+                async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
+                    self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
+                    try:
+                        await self.engine.load_weights(str(path))
+                    except Exception as exc:
+                        self._set_state(policy_pb2.ENGINE_STATE_FAILED)
+                        metrics.PUSHES.labels("failed").inc()
+                        log.exception("weight load failed; engine marked FAILED")
+                        raise Unavailable(f"loading the pushed weights failed ({exc}); push again to recover") from exc
+                    version = self.gate.advance(staged.note)
+                    self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+            finally:
+                path.unlink(missing_ok=True)
+        applied = time.perf_counter() - apply_started
+        metrics.PUSH_SECONDS.labels("apply").observe(applied)
+        metrics.PUSH_BYTES.inc(staged.total_bytes)
+        metrics.PUSHES.labels("applied").inc()
+        metrics.WEIGHT_VERSION.set(version)
+        log.info(
+            "weights applied version=%d tensors=%d bytes=%d receive_s=%.2f apply_s=%.2f note=%r",
+            version, len(staged.tensors), staged.total_bytes, received, applied, staged.note,
+        )
+        return policy_pb2.PushWeightsResponse(
+            weight_version=version,
+            previous_version=current,
+            num_tensors=len(staged.tensors),
+            total_bytes=staged.total_bytes,
+            receive_seconds=received,
+            apply_seconds=applied,
+        )
+
+    async def _abort_in_flight(self) -> None:
+        ids = sorted(self._in_flight)
+        log.warning("drain timeout (%.1f s): aborting %d in-flight samples for the weight swap", self.drain_timeout_s, len(ids))
+        await self.engine.abort(ids)
+
+    async def GetStatus(self, request: policy_pb2.GetStatusRequest, context: grpc.aio.ServicerContext):
+        return policy_pb2.GetStatusResponse(
+            model=self.model_name,
+            weight_version=self.gate.version,
+            state=self.state,
+            running_requests=len(self._in_flight),
+            max_model_len=self.limits.max_model_len,
+            vocab_size=self.limits.vocab_size,
+            engine=self.engine.description,
+            version_note=self.gate.version_note,
+            version_since_unix=self.gate.version_since,
+        )
+
+
+def _as_list(encoded) -> list[int]:
+    """apply_chat_template returns a list or a BatchEncoding depending on the transformers version."""
+    if isinstance(encoded, list):
+        return encoded
+    return list(encoded["input_ids"])

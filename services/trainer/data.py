@@ -1,0 +1,50 @@
+"""Prompt data: JSONL rows of {prompt, reference}, visited in seeded, reshuffled epochs."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    reference: str | None
+
+
+def load_prompts(path: str | Path) -> list[PromptRow]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                rows.append(PromptRow(str(record["prompt"]), record.get("reference")))
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' key ({exc})") from exc
+    if not rows:
+        raise ValueError(f"{path}: no prompts")
+    return rows
+
+
+class PromptSampler:
+    """Deterministic batches; `position` (rows consumed) is all a resume needs."""
+
+    def __init__(self, rows: list[PromptRow], seed: int, position: int = 0) -> None:
+        self.rows, self.seed, self.position = rows, seed, position
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[PromptRow]:
+        batch = []
+        for _ in range(size):
+            epoch, index = divmod(self.position, len(self.rows))
+            batch.append(self.rows[self._order(epoch)[index]])
+            self.position += 1
+        return batch

