@@ -7,19 +7,28 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.security import ClientSecurity, secure_aio_channel, secure_channel
 from services.common.server import channel_options
 
 
-def open_channel(address: str, max_message_mb: int = 64) -> grpc.Channel:
-    """A blocking channel to `host:port` with raised message limits."""
-    return grpc.insecure_channel(address, options=channel_options(max_message_mb))
+def open_channel(address: str, max_message_mb: int = 64, security: ClientSecurity | None = None) -> grpc.Channel:
+    """A blocking channel to `host:port` with raised message limits.
+
+    Without `security`, the token and TLS files come from RLHF_CLIENT_* variables
+    (see services/common/security.py), so every tool picks them up the same way.
+    """
+    security = ClientSecurity.from_env() if security is None else security
+    return secure_channel(address, security, channel_options(max_message_mb))
 
 
-def open_aio_channel(address: str, max_message_mb: int = 64) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=channel_options(max_message_mb))
+def open_aio_channel(address: str, max_message_mb: int = 64, security: ClientSecurity | None = None) -> grpc.aio.Channel:
+    security = ClientSecurity.from_env() if security is None else security
+    return secure_aio_channel(address, security, channel_options(max_message_mb))
 
 
-def wait_until_serving(address: str, timeout_s: float, service: str = "", is_alive=lambda: True) -> None:
+def wait_until_serving(
+    address: str, timeout_s: float, service: str = "", is_alive=lambda: True, security: ClientSecurity | None = None
+) -> None:
     """Polls the standard health service until SERVING; raises TimeoutError otherwise.
 
     `is_alive` lets a caller that started the server stop waiting as soon as the
@@ -27,7 +36,7 @@ def wait_until_serving(address: str, timeout_s: float, service: str = "", is_ali
     """
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
-    with open_channel(address) as channel:
+    with open_channel(address, security=security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not is_alive():

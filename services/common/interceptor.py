@@ -17,6 +17,8 @@ from grpc.aio import AbortError
 
 from services.common.errors import ServiceError
 from services.common.metrics import GRPC_HANDLED, GRPC_HANDLING_SECONDS, GRPC_STARTED
+from services.common.security import TokenAuthenticator
+from services.common.tenancy import authenticated_tenant
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,18 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.OK if code in (None, 0) else grpc.StatusCode.UNKNOWN
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, rpc_type: str) -> Callable[..., Awaitable[Any]]:
+def _authorize(auth: TokenAuthenticator | None, method: str, context: grpc.aio.ServicerContext) -> None:
+    if auth is not None:
+        principal = auth.authenticate(method, context.invocation_metadata())
+        if principal is not None:
+            authenticated_tenant.set(principal.tenant)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, rpc_type: str, auth: TokenAuthenticator | None) -> Callable[..., Awaitable[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         record = _CallRecord(method, rpc_type)
         try:
+            _authorize(auth, method, context)
             response = await behavior(request_or_iterator, context)
         except AbortError:
             record.finish(_code_of(context))
@@ -68,10 +78,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, rpc_type: 
     return handler
 
 
-def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, rpc_type: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, rpc_type: str, auth: TokenAuthenticator | None) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         record = _CallRecord(method, rpc_type)
         try:
+            _authorize(auth, method, context)
             async for response in behavior(request_or_iterator, context):
                 yield response
         except AbortError:
@@ -86,6 +97,11 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]], method: str, rpc_t
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication (when an authenticator is given), error mapping and metrics."""
+
+    def __init__(self, authenticator: TokenAuthenticator | None = None) -> None:
+        self.auth = authenticator
+
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -96,13 +112,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method, "unary"), **common)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method, "unary", self.auth), **common)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, "client_stream"), **common
+                _wrap_unary(handler.stream_unary, method, "client_stream", self.auth), **common
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, "server_stream"), **common
+                _wrap_stream(handler.unary_stream, method, "server_stream", self.auth), **common
             )
-        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method, "bidi_stream"), **common)
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream(handler.stream_stream, method, "bidi_stream", self.auth), **common)

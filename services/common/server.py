@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common.config import option
 from services.common.interceptor import ServiceInterceptor
 from services.common.metrics import serve_metrics
+from services.common.security import TokenAuthenticator, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ class ServingConfig:
     max_message_mb: int = option(64, "Largest gRPC message accepted or sent, in MiB.")
     grace_s: float = option(10.0, "Seconds in-flight RPCs get to finish on shutdown.")
     log_level: str = option("INFO", "Python logging level.")
+    auth_tokens_file: str = option("", "TOML file declaring bearer tokens, scopes and tenants (see services/common/security.py). Empty: no authentication.")
+    public_health: bool = option(True, "Serve health checks and reflection without a token.")
+    tls_cert_file: str = option("", "PEM certificate chain; with tls_key_file, the server speaks TLS only.")
+    tls_key_file: str = option("", "PEM private key for tls_cert_file.")
+    tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).")
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,15 @@ async def run_server(
     shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serves until SIGTERM/SIGINT, then drains for `config.grace_s` and returns."""
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=channel_options(config.max_message_mb))
+    authenticator = None
+    if config.auth_tokens_file:
+        authenticator = TokenAuthenticator.from_file(config.auth_tokens_file, config.public_health)
+        log.info("authentication on: bearer tokens from %s", config.auth_tokens_file)
+    elif config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("no --auth-tokens-file: anyone who reaches %s:%d can call every RPC", config.host, config.port)
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(authenticator)], options=channel_options(config.max_message_mb)
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [r.full_name for r in registrations]
@@ -82,7 +96,16 @@ async def run_server(
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{config.host}:{config.port}"
-    if server.add_insecure_port(address) == 0:
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+    if config.tls_cert_file:
+        bound = server.add_secure_port(
+            address, server_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+        )
+        log.info("TLS on%s", " (clients must present certificates)" if config.tls_client_ca_file else "")
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
         raise RuntimeError(f"cannot bind gRPC server to {address}")
     serve_metrics(config.host, config.metrics_port)
     await server.start()

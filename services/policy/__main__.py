@@ -45,6 +45,7 @@ async def serve(config: PolicyConfig) -> None:
         max_push_bytes=int(config.max_push_gb * 1e9),
         drain_timeout_s=config.drain_timeout_s,
         model_name=model_dir,
+        max_concurrent_requests=config.max_concurrent_requests,
     )
 
     async def startup() -> None:

@@ -32,4 +32,5 @@ class PolicyConfig(ServingConfig):
     max_tokens: int = option(1024, "Largest max_tokens in SamplingParams (also bounded by max_model_len).")
     max_push_gb: float = option(64.0, "Largest weight push accepted, GB.")
     staging_dir: str = option("", "Where verified pushes are staged before loading. Empty: /dev/shm if present, else the temp dir.")
+    max_concurrent_requests: int = option(256, "Generate/GenerateStream calls admitted at once; more get RESOURCE_EXHAUSTED (bounded memory, fast rejection).")
     drain_timeout_s: float = option(30.0, "On a weight swap, how long in-flight requests may finish on the old version before they are aborted.")

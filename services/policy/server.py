@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
-from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from services.common.weight_stream import PushAssembler, TensorSpec
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
@@ -40,6 +41,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         max_push_bytes: int,
         drain_timeout_s: float,
         model_name: str,
+        max_concurrent_requests: int = 256,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -53,6 +55,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.state = policy_pb2.ENGINE_STATE_STARTING
         self._push_lock = asyncio.Lock()
         self._in_flight: set[str] = set()
+        self._admitted = 0
+        self.max_concurrent_requests = max_concurrent_requests
         metrics.WEIGHT_VERSION.set(0)
         self._set_state(policy_pb2.ENGINE_STATE_STARTING)
 
@@ -89,6 +93,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             check_token_ids(index, ids, spec, self.limits)
             prompts.append(ids)
         return prompts
+
+    @contextlib.contextmanager
+    def _admission(self):
+        """Bounds concurrent generation calls: excess load is refused at once, never queued without limit."""
+        if self._admitted >= self.max_concurrent_requests:
+            raise ResourceExhausted(
+                f"{self._admitted} generation requests in progress (limit {self.max_concurrent_requests}); retry with backoff"
+            )
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
 
     def _validate(self, request: policy_pb2.GenerateRequest) -> tuple[SamplingSpec, list[list[int]]]:
         check_request_id(request.request_id)
@@ -133,7 +150,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Generate(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         self._check_serving()
         spec, prompts = self._validate(request)
-        tag = request.request_id or "gen"
+        with self._admission():
+            return await self._generate(prompts, spec, request.request_id or "gen")
+
+    async def _generate(self, prompts: list[list[int]], spec: SamplingSpec, tag: str) -> policy_pb2.GenerateResponse:
         metrics.REQUESTS_WAITING.inc()
         async with self.gate.lease() as version:
             metrics.REQUESTS_WAITING.dec()
@@ -151,7 +171,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def GenerateStream(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         self._check_serving()
         spec, prompts = self._validate(request)
-        tag = request.request_id or "stream"
+        with self._admission():
+            async for message in self._generate_stream(prompts, spec, request.request_id or "stream"):
+                yield message
+
+    async def _generate_stream(self, prompts: list[list[int]], spec: SamplingSpec, tag: str):
+        """Merges the samples' delta streams into one, in arrival order."""
         queue: asyncio.Queue = asyncio.Queue()
         metrics.REQUESTS_WAITING.inc()
         async with self.gate.lease() as version:
