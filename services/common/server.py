@@ -35,7 +35,8 @@ class ServingConfig:
     port: int = option(50051, "gRPC port.")
     metrics_port: int = option(9100, "Prometheus /metrics HTTP port (0 disables it).")
     max_message_mb: int = option(64, "Largest gRPC message accepted or sent, in MiB.")
-    grace_s: float = option(10.0, "Seconds in-flight RPCs get to finish on shutdown.")
+    grace_s: float = option(30.0, "Seconds in-flight RPCs get to finish on shutdown before they are cancelled.")
+    shutdown_delay_s: float = option(1.0, "On SIGTERM, seconds health reports NOT_SERVING while still serving (so balancers move away) before the drain starts.")
     log_level: str = option("INFO", "Python logging level.")
     auth_tokens_file: str = option("", "TOML file declaring bearer tokens, scopes and tenants (see services/common/security.py). Empty: no authentication.")
     public_health: bool = option(True, "Serve health checks and reflection without a token.")
@@ -128,8 +129,9 @@ async def run_server(
             await set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("serving")
             await stop.wait()
-        log.info("shutting down: draining for up to %.1f s", config.grace_s)
         await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("shutting down: NOT_SERVING for %.1f s, then draining for up to %.1f s", config.shutdown_delay_s, config.grace_s)
+        await asyncio.sleep(config.shutdown_delay_s)
         await server.stop(config.grace_s)
     finally:
         if shutdown is not None:

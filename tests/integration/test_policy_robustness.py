@@ -146,3 +146,41 @@ def test_racing_pushes_apply_one_at_a_time(stub, policy_server):
     assert grpc.StatusCode.FAILED_PRECONDITION in results
     assert stub.GetStatus(policy_pb2.GetStatusRequest()).weight_version == start + 1
     healthy(stub)
+
+
+def test_pushes_during_heavy_generation_never_fail_a_request(stub, policy_server):
+    """Concurrent generation while three pushes land: every request succeeds and reports one version."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(policy_server.model_dir, dtype=torch.float32)
+    params = [(n, p.detach()) for n, p in model.named_parameters()]
+    start = stub.GetStatus(policy_pb2.GetStatusRequest()).weight_version
+    stop, failures, seen = threading.Event(), [], []
+
+    def client(seed):
+        while not stop.is_set():
+            try:
+                reply = stub.Generate(
+                    policy_pb2.GenerateRequest(
+                        prompts=[policy_pb2.Prompt(token_ids=[1, 2, seed])],
+                        sampling=policy_pb2.SamplingParams(n=2, max_tokens=24, seed=seed),
+                    ),
+                    timeout=120,
+                )
+                samples = reply.results[0].samples
+                assert len({s.weight_version for s in samples}) == 1
+                seen.append(samples[0].weight_version)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+    clients = [threading.Thread(target=client, args=(i + 5,)) for i in range(4)]
+    for thread in clients:
+        thread.start()
+    for i in range(3):
+        reply = stub.PushWeights(push_requests(params, 256 * 1024, note=f"under load {i}"), timeout=120)
+        assert reply.weight_version == start + i + 1
+    stop.set()
+    for thread in clients:
+        thread.join(120)
+    assert not failures, failures[:3]
+    assert seen and min(seen) >= start and max(seen) <= start + 3
