@@ -10,14 +10,18 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(ENGINE)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps protos models demo test test-unit test-integration clean
+.PHONY: help setup system-deps protos models demo test test-unit test-integration bench-load clean
 
 help:
 	@echo "make demo        set up, start policy + reward services, train a few steps, stop (writes runs/demo/summary.json)"
+	@echo "make demo-online online RLHF for ~7 min: simulated users, canary + stable policy, live reward model (runs/demo-online/)"
 	@echo "make test        set up and run the whole test suite (unit + integration)"
 	@echo "make setup       create $(VENV) and install the project (ENGINE=cpu|gpu)"
 	@echo "make protos      regenerate the gRPC Python code from protos/"
 	@echo "make models      convert the packaged policy model once (no downloads)"
+	@echo "make bench-reward  reward service throughput/latency, batching on vs off (writes bench/results/reward.json)"
+	@echo "make bench-load  load sweep of the policy and reward services (writes bench/results/load.json, load.png)"
+	@echo "make bench-learning  RL on SmolLM2-135M, held-out reward before/after (writes bench/results/learning.json, learning.png)"
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing (ENGINE=$(ENGINE)); first time takes a few minutes"
@@ -36,11 +40,20 @@ endif
 
 setup: $(STAMP)
 
-# Real servers the tests start: docker-compose (validates the compose file).
+# Real servers the tests start: docker-compose (validates the compose file), PostgreSQL (experience store),
+# Prometheus (scrapes the services during a load test).
 system-deps:
 	@if ! command -v docker-compose >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
 	  else echo "docker-compose missing: install it (apt-get install docker-compose) or its test is skipped"; fi; \
+	fi
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "postgresql missing: install it (apt-get install postgresql) or its tests are skipped"; fi; \
+	fi
+	@if ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "prometheus missing: install it (apt-get install prometheus) or its test is skipped"; fi; \
 	fi
 
 protos: setup
@@ -52,6 +65,11 @@ models: setup
 demo: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m services.trainer demo
 
+# DEMO_ONLINE_ARGS passes flags, e.g. DEMO_ONLINE_ARGS="--duration-s 600" (python -m services.online demo --help).
+.PHONY: demo-online
+demo-online: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m services.online demo $(DEMO_ONLINE_ARGS)
+
 test: setup system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -61,5 +79,19 @@ test-unit: setup
 test-integration: setup system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: bench-reward
+# Reward service pairs/s and p50/p99 latency at 1/4/16/64 clients, batching on vs off -> bench/results/reward.json
+bench-reward: setup
+	HF_HUB_OFFLINE=1 $(PY) bench/reward_bench.py
+
+bench-load: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.load_bench $(BENCH_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
+
+.PHONY: bench-learning
+# Held-out reward before/after training SmolLM2-135M on the similarity and a rules reward (~20 min on 2 cores)
+# -> bench/results/learning.json, learning.png, learning-rules.png. LEARNING_ARGS passes flags (--help lists them).
+bench-learning: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.learning_bench $(LEARNING_ARGS)

@@ -42,9 +42,19 @@ METHOD_SCOPES: dict[str, dict[str, str]] = {
         "GenerateStream": "generate",
         "GetStatus": "generate",
         "PushWeights": "admin",
+        "Rollback": "admin",
     },
-    "rlhf.v1.RewardService": {"Score": "score", "ListModels": "score", "Compare": "score"},
-    "rlhf.v1.FeedbackService": {"SubmitFeedback": "feedback"},
+    "rlhf.v1.RewardService": {"Score": "score", "ListModels": "score", "Compare": "score", "GetModelStats": "score"},
+    "rlhf.v1.FeedbackService": {
+        "SubmitFeedback": "feedback",
+        # Gold answers grade raters, and the reads see every tenant's traffic: admin only.
+        "SubmitGoldFeedback": "admin",
+        "ExportFeedback": "admin",
+        "ListPreferences": "admin",
+        "ListRatings": "admin",
+        "ListPrompts": "admin",
+        "GetStats": "admin",
+    },
 }
 PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
 

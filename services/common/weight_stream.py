@@ -83,6 +83,41 @@ def push_requests(
     yield policy_pb2.PushWeightsRequest(commit=policy_pb2.PushCommit(sha256=digest.digest()))
 
 
+# Checkpoint modules vLLM fuses into one parameter when it loads them, by HF `model_type`.
+# A partial push must carry all members of a group it touches (with every tensor of
+# each member): the engine reloads a fused parameter only as a whole, and the
+# members left out would be filled with uninitialized memory. Unknown model types
+# get None, which means only complete pushes are accepted.
+_LLAMA_LIKE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+FUSED_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+}
+
+
+def fused_groups_for(model_type: str) -> tuple[tuple[str, ...], ...] | None:
+    return FUSED_GROUPS.get(model_type)
+
+
+def load_unit(name: str, groups: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """The tensors that load together: a module (the name minus its leaf), fused siblings as one."""
+    parts = name.split(".")[:-1]
+    for index, part in enumerate(parts):
+        for group in groups:
+            if part in group:
+                parts[index] = "+".join(group)
+    return tuple(parts)
+
+
+def incomplete_units(names: Iterable[str], manifest: Iterable[str], groups: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Names of `manifest` a partial push of `names` must add so every unit it touches is whole."""
+    present = set(names)
+    touched = {load_unit(name, groups) for name in present}
+    return sorted(n for n in manifest if n not in present and load_unit(n, groups) in touched)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """What the served model expects for one name."""
@@ -106,12 +141,14 @@ class PushAssembler:
 
     `manifest` maps every accepted name to its shape; with `require_complete` the
     push must carry every name (the engine fuses q/k/v and gate/up, so a partial
-    layer would load garbage).
+    layer would load garbage), unless `fused_groups` (see FUSED_GROUPS) is given:
+    then a subset is accepted when every load unit it touches is whole.
     """
 
     manifest: Mapping[str, TensorSpec]
     max_total_bytes: int
     require_complete: bool = True
+    fused_groups: tuple[tuple[str, ...], ...] | None = None
     _begin: policy_pb2.PushBegin | None = None
     _tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     _current: str | None = None
@@ -210,7 +247,15 @@ class PushAssembler:
             raise InvalidArgument(f"push declared {self._begin.num_tensors} tensors but sent {len(self._tensors)}")
         if self._received != self._begin.total_bytes:
             raise InvalidArgument(f"push declared {self._begin.total_bytes} bytes but sent {self._received}")
-        if self.require_complete:
+        if self.require_complete and self.fused_groups is not None:
+            missing = incomplete_units(self._tensors, self.manifest, self.fused_groups)
+            if missing:
+                raise InvalidArgument(
+                    f"partial push misses {len(missing)} tensors of the layers it touches (first: {missing[0]}); "
+                    "send every tensor of a touched module and all of its fused siblings "
+                    f"({', '.join('/'.join(g) for g in self.fused_groups)})"
+                )
+        elif self.require_complete:
             missing = sorted(set(self.manifest) - set(self._tensors))
             if missing:
                 raise InvalidArgument(

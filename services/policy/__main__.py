@@ -10,10 +10,13 @@ from pathlib import Path
 from services.common.config import describe, load_config
 from services.common.model_store import prepare_smollm2
 from services.common.server import Registration, run_server, setup_logging
+from services.common.weight_stream import fused_groups_for
+from services.experience.embedded import EmbeddedExperience
 from services.policy.config import PolicyConfig
 from services.policy.engine import VllmEngine
 from services.policy.sampling import Limits
 from services.policy.server import PolicyServicer
+from services.policy.weight_history import WeightHistory, checkpoint_sources
 from services.policy.weight_staging import read_manifest, staging_dir
 
 log = logging.getLogger("services.policy")
@@ -35,6 +38,7 @@ async def serve(config: PolicyConfig) -> None:
         vocab_size=int(model_config.vocab_size),
     )
     engine = VllmEngine(config, model_dir)
+    experience = EmbeddedExperience.open(config, tokenizer)  # recording + FeedbackService when --experience-db is set
     staging = staging_dir(config.staging_dir)
     servicer = PolicyServicer(
         engine=engine,
@@ -45,7 +49,10 @@ async def serve(config: PolicyConfig) -> None:
         max_push_bytes=int(config.max_push_gb * 1e9),
         drain_timeout_s=config.drain_timeout_s,
         model_name=model_dir,
+        fused_groups=fused_groups_for(str(model_config.model_type)),
         max_concurrent_requests=config.max_concurrent_requests,
+        traffic=experience.traffic,
+        history=WeightHistory(checkpoint_sources(model_dir), config.keep_versions),
     )
 
     async def startup() -> None:
@@ -55,13 +62,14 @@ async def serve(config: PolicyConfig) -> None:
 
     async def shutdown() -> None:
         engine.shutdown()
-        for leftover in staging.glob("push-*.safetensors"):
+        experience.close()
+        for leftover in [*staging.glob("push-*.safetensors"), *staging.glob("restore-*.safetensors")]:
             leftover.unlink(missing_ok=True)
         if not config.staging_dir:
             staging.rmdir()
 
     registration = Registration(servicer, policy_pb2_grpc.add_PolicyServiceServicer_to_server, "rlhf.v1.PolicyService")
-    await run_server(config, [registration], startup=startup, shutdown=shutdown)
+    await run_server(config, [registration, *experience.registrations], startup=startup, shutdown=shutdown)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,3 +34,8 @@ class PolicyConfig(ServingConfig):
     staging_dir: str = option("", "Where verified pushes are staged before loading. Empty: /dev/shm if present, else the temp dir.")
     max_concurrent_requests: int = option(256, "Generate/GenerateStream calls admitted at once; more get RESOURCE_EXHAUSTED (bounded memory, fast rejection).")
     drain_timeout_s: float = option(30.0, "On a weight swap, how long in-flight requests may finish on the old version before they are aborted.")
+    keep_versions: int = option(2, "Earlier weight versions kept restorable by Rollback (their pushed tensors stay staged; full pushes cost one model copy each). 0: no rollback.")
+    experience_db: str = option("", "Experience store URL (sqlite:///FILE or postgresql+psycopg://...). Set: served samples are recorded there and FeedbackService is hosted on this port too. Empty: no recording.")
+    record_sample_rate: float = option(1.0, "Share of requests recorded when a request leaves it to the server (RECORDING_MODE_UNSPECIFIED), in [0, 1].")
+    record_disabled_tenants: tuple[str, ...] = option((), "Tenants whose traffic is never recorded (comma-separated).")
+    record_buffer_size: int = option(4096, "Samples buffered for the store writer; beyond it records are dropped (rlhf_policy_records_dropped_total), never waited for.")

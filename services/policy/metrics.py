@@ -16,6 +16,16 @@ REQUEST_SUCCESS = Counter("rlhf_policy_request_success", "Samples finished, by r
 TIME_TO_FIRST_TOKEN = Histogram(
     "rlhf_policy_time_to_first_token_seconds", "Arrival to first token of a sample (server side).", buckets=_LATENCY
 )
+_TOKEN_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10)
+INTER_TOKEN_LATENCY = Histogram(
+    "rlhf_policy_inter_token_latency_seconds", "Gap between successive token deliveries of a sample (server side).",
+    buckets=_TOKEN_LATENCY,
+)
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "rlhf_policy_request_time_per_output_token_seconds",
+    "Per sample: (last token - first token) / (tokens - 1), the decode pace (server side).",
+    buckets=_TOKEN_LATENCY,
+)
 E2E_LATENCY = Histogram(
     "rlhf_policy_e2e_request_latency_seconds", "Arrival to last token of a sample (server side).", buckets=_LATENCY
 )

@@ -13,12 +13,14 @@ from pathlib import Path
 import grpc
 
 from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
-from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.common.weight_stream import PushAssembler, TensorSpec
+from services.experience.traffic import TrafficRecorder
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
 from services.policy.sampling import Limits, SamplingSpec, check_prompt_count, check_request_id, check_token_ids, parse_sampling
 from services.policy.version_gate import VersionGate
+from services.policy.weight_history import UnknownVersion, WeightHistory, write_restore_file
 from services.policy.weight_staging import write_staged
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         drain_timeout_s: float,
         model_name: str,
         max_concurrent_requests: int = 256,
+        fused_groups: tuple[tuple[str, ...], ...] | None = None,
+        traffic: TrafficRecorder | None = None,
+        history: WeightHistory | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -51,7 +56,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.max_push_bytes = max_push_bytes
         self.drain_timeout_s = drain_timeout_s
         self.model_name = model_name
+        self.fused_groups = fused_groups  # set: partial pushes of whole fused units are accepted
+        self.traffic = traffic or TrafficRecorder.disabled()  # sample ids; records served samples when a store is set
         self.gate = VersionGate()
+        self.history = history  # restorable versions for Rollback; None: rollback unsupported
         self.state = policy_pb2.ENGINE_STATE_STARTING
         self._push_lock = asyncio.Lock()
         self._in_flight: set[str] = set()
@@ -74,6 +82,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             raise Unavailable("the engine is still starting; retry when health reports SERVING")
         if self.state == policy_pb2.ENGINE_STATE_FAILED:
             raise Unavailable("a weight load failed midway; refusing to serve a half-updated model until a push succeeds")
+
+    def _check_started(self) -> None:
+        """Weights can change only once the engine exists (a push during start-up would mark it FAILED)."""
+        if self.state == policy_pb2.ENGINE_STATE_STARTING:
+            raise Unavailable("the engine is still starting; retry when health reports SERVING")
 
     def _prompt_ids(self, request: policy_pb2.GenerateRequest, spec: SamplingSpec) -> list[list[int]]:
         check_prompt_count(len(request.prompts), self.limits)
@@ -117,19 +130,28 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> AsyncIterator[SampleDelta]:
         engine_id = f"{tag}-{uuid.uuid4().hex[:12]}"
         arrival = time.perf_counter()
-        first = True
+        first_at = last_at = None
+        generated = 0
         self._in_flight.add(engine_id)
         metrics.REQUESTS_RUNNING.inc()
         metrics.PROMPT_TOKENS.inc(len(prompt_ids))
         try:
             async for delta in self.engine.generate(engine_id, prompt_ids, spec, sample_index):
-                if first and delta.token_ids:
-                    metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - arrival)
-                    first = False
+                now = time.perf_counter()
+                if delta.token_ids:
+                    if first_at is None:
+                        first_at = now
+                        metrics.TIME_TO_FIRST_TOKEN.observe(now - arrival)
+                    else:
+                        metrics.INTER_TOKEN_LATENCY.observe(now - last_at)
+                    last_at = now
+                    generated += len(delta.token_ids)
                 metrics.GENERATION_TOKENS.inc(len(delta.token_ids))
                 if delta.finish_reason is not None:
                     metrics.REQUEST_SUCCESS.labels(delta.finish_reason).inc()
-                    metrics.E2E_LATENCY.observe(time.perf_counter() - arrival)
+                    metrics.E2E_LATENCY.observe(now - arrival)
+                    if generated > 1:
+                        metrics.TIME_PER_OUTPUT_TOKEN.observe((last_at - first_at) / (generated - 1))
                 yield delta
         finally:
             metrics.REQUESTS_RUNNING.dec()
@@ -151,7 +173,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self._check_serving()
         spec, prompts = self._validate(request)
         with self._admission():
-            return await self._generate(prompts, spec, request.request_id or "gen")
+            response = await self._generate(prompts, spec, request.request_id or "gen")
+        self.traffic.finish_generate(request, context, response)
+        return response
 
     async def _generate(self, prompts: list[list[int]], spec: SamplingSpec, tag: str) -> policy_pb2.GenerateResponse:
         metrics.REQUESTS_WAITING.inc()
@@ -171,8 +195,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def GenerateStream(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         self._check_serving()
         spec, prompts = self._validate(request)
+        tap = self.traffic.stream_tap(request, context, prompts)
         with self._admission():
             async for message in self._generate_stream(prompts, spec, request.request_id or "stream"):
+                tap.observe(message)
                 yield message
 
     async def _generate_stream(self, prompts: list[list[int]], spec: SamplingSpec, tag: str):
@@ -222,11 +248,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     # ---- weights ----------------------------------------------------------
 
     async def PushWeights(self, request_iterator, context: grpc.aio.ServicerContext):
+        self._check_started()
         started = time.perf_counter()
-        assembler = PushAssembler(self.manifest, self.max_push_bytes)
+        assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups)
+        requested_version = None
         try:
             async for request in request_iterator:
                 assembler.feed(request)
+                if request.HasField("begin") and request.begin.HasField("version"):
+                    requested_version = request.begin.version
             staged = assembler.finish()
         except Exception:
             metrics.PUSHES.labels("rejected").inc()
@@ -240,8 +270,15 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 raise FailedPrecondition(
                     f"push expected version {staged.expected_version} but {current} is serving; nothing was applied"
                 )
+            if requested_version is not None and requested_version <= self.gate.highest:
+                metrics.PUSHES.labels("rejected").inc()
+                raise FailedPrecondition(
+                    f"push asks to serve as version {requested_version}, but this server has applied up to "
+                    f"{self.gate.highest} and never reuses a number; nothing was applied"
+                )
             path = await asyncio.get_running_loop().run_in_executor(None, write_staged, staged, self.staging)
             apply_started = time.perf_counter()
+            retained = False
             try:
                 async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
                     self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
@@ -252,10 +289,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                         metrics.PUSHES.labels("failed").inc()
                         log.exception("weight load failed; engine marked FAILED")
                         raise Unavailable(f"loading the pushed weights failed ({exc}); push again to recover") from exc
-                    version = self.gate.advance(staged.note)
+                    version = self.gate.advance(staged.note, requested_version)
                     self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+                if self.history is not None:
+                    retained = True
+                    _remove(self.history.record_push(version, staged.note, path, list(staged.tensors)))
             finally:
-                path.unlink(missing_ok=True)
+                if not retained:
+                    path.unlink(missing_ok=True)
         applied = time.perf_counter() - apply_started
         metrics.PUSH_SECONDS.labels("apply").observe(applied)
         metrics.PUSH_BYTES.inc(staged.total_bytes)
@@ -279,6 +320,52 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         log.warning("drain timeout (%.1f s): aborting %d in-flight samples for the weight swap", self.drain_timeout_s, len(ids))
         await self.engine.abort(ids)
 
+    async def Rollback(self, request: policy_pb2.RollbackRequest, context: grpc.aio.ServicerContext):
+        if len(request.reason) > 256:
+            raise InvalidArgument(f"reason has {len(request.reason)} characters; at most 256")
+        self._check_started()
+        if self.history is None or (self.history.keep == 0 and not request.HasField("version")):
+            raise FailedPrecondition("this server keeps no earlier versions (keep_versions=0); push the weights instead")
+        started = time.perf_counter()
+        async with self._push_lock:
+            current = self.gate.version
+            failed = self.state == policy_pb2.ENGINE_STATE_FAILED
+            target = request.version if request.HasField("version") else self.history.previous()
+            if target is None:
+                raise FailedPrecondition(f"no version before {current} is retained; nothing to roll back to")
+            try:  # after a failed load the engine holds a mix: reload every tensor of the target
+                plan = self.history.plan_restore(target, full=failed)
+            except UnknownVersion:
+                kept = [v.version for v in self.history.restorable()]
+                raise NotFound(
+                    f"version {target} is not restorable here; restorable: {kept} plus the current {current} "
+                    f"(keep_versions={self.history.keep})"
+                ) from None
+            if not plan and not failed:
+                return policy_pb2.RollbackResponse(weight_version=current, previous_version=current)
+            path = await asyncio.get_running_loop().run_in_executor(None, write_restore_file, plan, self.staging)
+            try:
+                async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
+                    self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
+                    try:
+                        await self.engine.load_weights(str(path))
+                    except Exception as exc:
+                        self._set_state(policy_pb2.ENGINE_STATE_FAILED)
+                        log.exception("rollback load failed; engine marked FAILED")
+                        raise Unavailable(f"loading version {target} failed ({exc}); roll back or push again to recover") from exc
+                    self.gate.restore(target, request.reason or f"rollback from {current}")
+                    self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+                _remove(self.history.record_restore(target))
+            finally:
+                path.unlink(missing_ok=True)
+        applied = time.perf_counter() - started
+        metrics.WEIGHT_VERSION.set(target)
+        log.warning("rolled back version=%d previous=%d tensors=%d apply_s=%.2f reason=%r",
+                    target, current, len(plan), applied, request.reason)
+        return policy_pb2.RollbackResponse(
+            weight_version=target, previous_version=current, num_tensors=len(plan), apply_seconds=applied
+        )
+
     async def GetStatus(self, request: policy_pb2.GetStatusRequest, context: grpc.aio.ServicerContext):
         return policy_pb2.GetStatusResponse(
             model=self.model_name,
@@ -290,7 +377,18 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             engine=self.engine.description,
             version_note=self.gate.version_note,
             version_since_unix=self.gate.version_since,
+            restorable_versions=[
+                policy_pb2.WeightVersionInfo(version=v.version, note=v.note, applied_unix=v.applied_at)
+                for v in (self.history.restorable() if self.history is not None else [])
+            ],
+            highest_version=self.gate.highest,
         )
+
+
+def _remove(paths: list[Path]) -> None:
+    """Deletes staged files no retained version needs any more."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _as_list(encoded) -> list[int]:

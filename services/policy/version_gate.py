@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 class VersionGate:
     def __init__(self, version: int = 0) -> None:
         self.version = version
+        self.highest = version  # never handed out again, even after a rollback serves a lower version
         self.version_note = ""
         self.version_since = time.time()
         self._leases = 0
@@ -72,9 +73,17 @@ class VersionGate:
                 self._swapping = False
                 self._changed.notify_all()
 
-    def advance(self, note: str) -> int:
-        """Bumps the version; call inside `swap` once the new weights are in place."""
-        self.version += 1
+    def advance(self, note: str, version: int | None = None) -> int:
+        """Serves new weights as `version` (default: above the highest so far); call inside `swap` once they are in place."""
+        version = self.highest + 1 if version is None else version
+        if version <= self.highest:
+            raise ValueError(f"version {version} was already handed out (highest {self.highest})")
+        self.highest = version
+        return self.restore(version, note)
+
+    def restore(self, version: int, note: str) -> int:
+        """Serves earlier weights under their own number again; call inside `swap` once they are in place."""
+        self.version = version
         self.version_note = note
         self.version_since = time.time()
         return self.version

@@ -1,5 +1,8 @@
 """`python -m services.reward`: serve the reward models declared by --models-file.
 
+Registers RewardService (scoring) and, unless --no-admin, RewardAdminService (load,
+publish, unload at runtime) as separate services, so auth can grant them separately.
+
 HF_HUB_OFFLINE=1 is already set by the package's `__init__`, before transformers loads.
 """
 
@@ -15,8 +18,9 @@ from services.common.server import Registration, run_server, setup_logging
 from services.reward.batcher import BatcherConfig
 from services.reward.config import RewardConfig
 from services.reward.hosting import ModelHost
-from services.reward.registry import ModelsFileError, load_specs
-from services.reward.server import RewardServicer
+from services.reward.quotas import QuotasFileError, TenantLimits, TenantQuotas, load_overrides
+from services.reward.registry import ModelsFileError, load_declarations
+from services.reward.server import RewardAdminServicer, RewardServicer
 
 log = logging.getLogger("services.reward")
 
@@ -25,22 +29,45 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(RewardConfig, argv, "RLHF_REWARD_", prog="rlhf-reward")
     setup_logging(config.log_level)
     log.info("reward service config:\n%s", describe(config))
-    try:
-        specs = load_specs(config.models_file)  # fail fast, before binding ports
-    except ModelsFileError as exc:
+    tenant_defaults = TenantLimits(
+        config.tenant_items_per_s, config.tenant_burst_items, config.tenant_max_concurrent_requests
+    )
+    try:  # fail fast, before binding ports
+        declarations = load_declarations(config.models_file)
+        overrides = load_overrides(config.quotas_file, tenant_defaults) if config.quotas_file else {}
+    except (ModelsFileError, QuotasFileError) as exc:
         log.error("%s", exc)
         return 2
-    log.info("declared models: %s", ", ".join(f"{s.name} ({s.kind})" for s in specs))
+    log.info("declared models: %s", ", ".join(f"{s.name} ({s.kind})" for s in declarations.models))
+    if declarations.ensembles:
+        log.info("declared ensembles: %s", ", ".join(e.describe() for e in declarations.ensembles))
+    if overrides:
+        log.info("tenant quota overrides: %s", ", ".join(f"{t}={limits}" for t, limits in overrides.items()))
 
-    host = ModelHost(BatcherConfig(config.max_batch_size, config.max_wait_ms, config.max_queue_items))
-    servicer = RewardServicer(config, host)
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    batching = BatcherConfig(config.max_batch_size, config.max_wait_ms, config.max_queue_items, config.max_batch_tokens)
+    host = ModelHost(batching, config.device, config.keep_previous_versions, config.drain_timeout_s)
+    servicer = RewardServicer(config, host, TenantQuotas(tenant_defaults, overrides))
 
     async def startup() -> None:
-        await host.load(specs, config.device)
+        await host.load(declarations)
 
-    registration = Registration(servicer, reward_pb2_grpc.add_RewardServiceServicer_to_server, "rlhf.v1.RewardService")
+    registrations = [
+        Registration(servicer, reward_pb2_grpc.add_RewardServiceServicer_to_server, "rlhf.v1.RewardService")
+    ]
+    if config.admin:
+        registrations.append(
+            Registration(
+                RewardAdminServicer(config, host),
+                reward_pb2_grpc.add_RewardAdminServiceServicer_to_server,
+                "rlhf.v1.RewardAdminService",
+            )
+        )
     try:
-        asyncio.run(run_server(config, [registration], startup=startup, shutdown=host.close))
+        asyncio.run(run_server(config, registrations, startup=startup, shutdown=host.close))
     except Exception:  # noqa: BLE001 - e.g. a checkpoint that fails to load: say why and exit non-zero
         log.exception("reward service stopped on an error")
         return 1

@@ -52,6 +52,18 @@ class RewardBackend(Protocol):
     def score(self, items: Sequence[RewardItem]) -> list[float]: ...
 
 
+class TokenizedBackend(RewardBackend, Protocol):
+    """A backend whose cost grows with padded tokens, so batches can be limited by a token budget.
+
+    A batch of n items costs `n * rows_per_item * longest` padded positions, where
+    `longest` is the largest `token_lengths` value in the batch.
+    """
+
+    rows_per_item: int
+
+    def token_lengths(self, items: Sequence[RewardItem]) -> list[int]: ...
+
+
 def digest_version(chunks: Iterable[bytes]) -> str:
     """First VERSION_CHARS hex digits of the sha256 of the concatenated chunks."""
     hasher = hashlib.sha256()

@@ -15,9 +15,14 @@ from services.common.server import setup_logging
 log = logging.getLogger("services.trainer")
 
 COMMANDS = {
-    "train": "GRPO training against running policy and reward services",
+    "train": "RL training (grpo, rloo, reinforce_pp, ppo) against running policy and reward services",
+    "evaluate": "held-out reward per model, KL, length and BLEU of the served policy, as JSON",
+    "plot": "training curves of a run (reward, KL, entropy, time split) as a PNG",
     "demo": "start both services, train a few steps, stop them (what `make demo` runs)",
     "prepare-models": "convert the packaged models once (no downloads)",
+    "train-rm": "train a reward model on preference data, write a servable checkpoint",
+    "simulate-preferences": "write preference data judged by the simulated labeler",
+    "online": "the continuous online loop: live feedback -> reward model -> RL -> canary -> promote/rollback",
 }
 
 
@@ -25,7 +30,7 @@ def _train(argv: list[str]) -> None:
     from services.trainer.config import TrainerConfig
     from services.trainer.loop import Trainer
 
-    config = load_config(TrainerConfig, argv, env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
+    config = load_config(TrainerConfig, _resume_flag(argv), env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
     setup_logging(config.log_level)
     log.info("trainer config:\n%s", describe(config))
     serve_metrics("0.0.0.0", config.metrics_port)
@@ -35,6 +40,36 @@ def _train(argv: list[str]) -> None:
     finally:
         trainer.close()
     log.info("done: final weight version %d, summary in %s", summary["final_weight_version"], Path(config.output_dir) / "summary.json")
+
+
+def _resume_flag(argv: list[str]) -> list[str]:
+    """A bare `--resume` means `--resume latest`."""
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume" and (index + 1 == len(argv) or argv[index + 1].startswith("--")):
+            out.append("latest")
+    return out
+
+
+def _evaluate(argv: list[str]) -> None:
+    from services.trainer.evaluate import EvaluateConfig, run_evaluate
+
+    config = load_config(EvaluateConfig, argv, env_prefix="RLHF_EVALUATE_", prog="rlhf-trainer evaluate")
+    setup_logging(config.log_level)
+    print(json.dumps(run_evaluate(config), indent=2))
+
+
+def _plot(argv: list[str]) -> None:
+    import argparse
+
+    from services.trainer.curves import plot_run
+
+    parser = argparse.ArgumentParser(prog="rlhf-trainer plot", description=COMMANDS["plot"])
+    parser.add_argument("run_dir", type=Path, help="a run's output_dir (holds metrics.jsonl)")
+    parser.add_argument("--output", type=Path, help="PNG path (default <run_dir>/curves.png)")
+    args = parser.parse_args(argv)
+    print(plot_run(args.run_dir / "metrics.jsonl", args.output or args.run_dir / "curves.png"))
 
 
 def _demo(argv: list[str]) -> None:
@@ -58,6 +93,24 @@ def _prepare(argv: list[str]) -> None:
     print(json.dumps({"policy": str(prepare_smollm2(args.cache_dir, args.force)), "similarity": str(minilm_dir())}))
 
 
+def _train_rm(argv: list[str]) -> None:
+    from services.trainer.reward_training import main as train_rm
+
+    train_rm(argv)
+
+
+def _simulate_preferences(argv: list[str]) -> None:
+    from services.trainer.preferences import main as simulate
+
+    simulate(argv)
+
+
+def _online(argv: list[str]) -> None:
+    from services.trainer.online import main as online
+
+    online(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -66,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: rlhf-trainer COMMAND [flags]\n\ncommands:\n{lines}", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    {"train": _train, "demo": _demo, "prepare-models": _prepare}[command](rest)
+    {"train": _train, "evaluate": _evaluate, "plot": _plot, "demo": _demo, "prepare-models": _prepare, "train-rm": _train_rm,
+     "simulate-preferences": _simulate_preferences, "online": _online}[command](rest)
 
 
 if __name__ == "__main__":

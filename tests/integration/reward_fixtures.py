@@ -16,7 +16,7 @@ import pytest
 from services.common.model_store import minilm_dir
 from services.common.process import ServerProcess, free_port
 
-__all__ = ["REWARD_MODELS_TOML", "RewardServer", "build_tiny_classifier", "reward_server"]
+__all__ = ["REWARD_MODELS_TOML", "REWARD_QUOTAS_TOML", "RewardServer", "build_tiny_classifier", "reward_server"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,11 +33,32 @@ kind = "classifier"
 path = "tiny-rm"
 
 [[models]]
+name = "tiny-rm-b"
+kind = "classifier"
+path = "tiny-rm-b"
+
+[[models]]
 name = "length"
 kind = "rules"
 target_words = 10
 required_words = ["book"]
 banned_words = ["hate"]
+
+[[ensembles]]
+name = "tiny-ensemble"
+members = ["tiny-rm", "tiny-rm-b"]
+aggregation = "mean_minus_std"
+k = 0.5
+"""
+
+# Tenants the quota tests use; every other tenant is unlimited.
+REWARD_QUOTAS_TOML = """\
+[tenants.limited]
+items_per_s = 10
+burst_items = 4
+
+[tenants.single]
+max_concurrent_requests = 1
 """
 
 
@@ -71,15 +92,20 @@ class RewardServer:
     metrics_url: str
     models_file: Path
     process: ServerProcess
+    root: Path
 
 
 @pytest.fixture(scope="session")
 def reward_server(tmp_path_factory: pytest.TempPathFactory):
-    """`python -m services.reward` hosting similarity (MiniLM), tiny-rm (classifier) and length (rules)."""
+    """`python -m services.reward` hosting similarity (MiniLM), tiny-rm and tiny-rm-b (classifiers), length
+    (rules) and the tiny-ensemble, with tenant quotas for the tenants `limited` and `single`."""
     root = tmp_path_factory.mktemp("reward")
     build_tiny_classifier(root / "tiny-rm")
+    build_tiny_classifier(root / "tiny-rm-b", seed=1)
     models_file = root / "models.toml"
     models_file.write_text(REWARD_MODELS_TOML)
+    quotas_file = root / "quotas.toml"
+    quotas_file.write_text(REWARD_QUOTAS_TOML)
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     args = [
@@ -95,9 +121,11 @@ def reward_server(tmp_path_factory: pytest.TempPathFactory):
         # batches even on a loaded 2-core machine.
         "--max-wait-ms",
         "20",
+        "--quotas-file",
+        str(quotas_file),
     ]
     process = ServerProcess("services.reward", args, root / "reward.log", env={"HF_HUB_OFFLINE": "1"})
     process.start(address, timeout_s=120)
-    yield RewardServer(address, f"http://127.0.0.1:{metrics_port}/metrics", models_file, process)
+    yield RewardServer(address, f"http://127.0.0.1:{metrics_port}/metrics", models_file, process, root)
     code = process.stop()
     assert code == 0, f"reward server exited with {code} on SIGTERM\n{process.log_tail()}"

@@ -6,7 +6,10 @@ validates and prints the resolved file, which these tests then inspect.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,8 +20,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "rlhf.json"
 
-CPU_SERVICES = {"policy", "reward", "trainer", "prometheus"}
+MONITORING = {"prometheus", "grafana"}
+CPU_SERVICES = {"policy", "reward", "trainer"} | MONITORING
 GPU_SERVICES = {"policy-gpu", "trainer-gpu"}
 GRPC_PORTS = {"policy": 50051, "policy-gpu": 50051, "reward": 50052}
 
@@ -85,7 +91,7 @@ def _published_ports(service: dict) -> list[tuple[str, str]]:
 def test_default_config_has_cpu_stack(default_config: dict) -> None:
     services = default_config["services"]
     assert CPU_SERVICES <= set(services)
-    for name in CPU_SERVICES - {"prometheus"}:
+    for name in CPU_SERVICES - MONITORING:
         assert "profiles" not in services[name], f"{name} must run without a profile (the CPU default)"
         command = " ".join(services[name]["command"])
         assert "cuda" not in command, f"{name}: the default stack must not need a GPU"
@@ -119,6 +125,8 @@ def test_every_service_has_a_healthcheck(gpu_config: dict) -> None:
             assert test[1:] == ["python", "-m", "services.common.healthcheck", f"127.0.0.1:{GRPC_PORTS[name]}"], test
         if name == "prometheus":
             assert "wget" in test and any(arg.endswith("/-/healthy") for arg in test), test
+        if name == "grafana":
+            assert "wget" in test and any(arg.endswith(":3000/api/health") for arg in test), test
 
 
 def test_prometheus_mounts_its_config(default_config: dict) -> None:
@@ -170,6 +178,10 @@ def test_prometheus_scrapes_the_services() -> None:
         targets = [t for group in jobs[job_name]["static_configs"] for t in group["targets"]]
         assert target in targets, f"job {job_name} does not scrape {target}"
     assert jobs["policy"]["scrape_interval"] == "5s"
+    # vLLM's `vllm:*` series keep their names even when they arrive escaped as `vllm_*`.
+    assert {"source_labels": ["__name__"], "regex": "vllm_(.+)", "target_label": "__name__", "replacement": "vllm:$1"} in jobs[
+        "policy"
+    ]["metric_relabel_configs"]
     assert jobs["reward"].get("scrape_interval", "15s") == "15s"
     assert jobs["trainer"].get("scrape_interval", "15s") == "15s"
 
@@ -184,3 +196,86 @@ def test_dockerfile_is_offline_and_prepares_models() -> None:
     assert "python -m services.trainer prepare-models --cache-dir /models" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed; `make test` installs it (apt-get install -y prometheus)")
+    proc = subprocess.run([promtool, "check", "config", str(PROMETHEUS_FILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_dashboard(default_config: dict) -> None:
+    grafana = default_config["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana")
+    mounts = {target: (Path(source).resolve(), ro) for source, target, ro in _volume_pairs(grafana) if source.startswith("/")}
+    assert mounts["/etc/grafana/provisioning"] == ((GRAFANA_DIR / "provisioning").resolve(), True)
+    dashboards_target = next(t for t, (source, _) in mounts.items() if source == (GRAFANA_DIR / "dashboards").resolve())
+    assert mounts[dashboards_target][1], "dashboards must be mounted read-only"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+    providers = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "rlhf.yml").read_text())["providers"]
+    assert [p["options"]["path"] for p in providers] == [dashboards_target]
+    (datasource,) = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    used = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
+    used |= {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert used == {datasource["uid"]}
+
+
+def _exposed_series() -> set[str]:
+    """Every series name the services export (counters as *_total, histograms as _bucket/_sum/_count)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    import services.common.metrics
+    import services.policy.metrics
+    import services.reward.metrics
+    import services.trainer.metrics
+
+    names = {"up"}
+    modules = (services.common.metrics, services.policy.metrics, services.reward.metrics, services.trainer.metrics)
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, MetricWrapperBase):
+                family = value.describe()[0]
+                suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}[family.type]
+                names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def _vllm_series() -> set[str]:
+    """vLLM's own metric names, read from its source without importing it."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:
+        pytest.skip("vllm is not installed")
+    source = (Path(spec.origin).parent / "v1" / "metrics" / "loggers.py").read_text()
+    names = set(re.findall(r'name="(vllm:[a-z_]+)"', source))
+    return names | {n + s for n in names for s in ("_total", "_bucket", "_sum", "_count")}
+
+
+def test_dashboard_has_the_three_rows_and_queries_only_exported_series() -> None:
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    panels = dashboard["panels"]
+    rows = [p["title"].lower() for p in panels if p["type"] == "row"]
+    assert [r.split()[0] for r in rows] == ["serving:", "reward", "training"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    known = _exposed_series() | _vllm_series()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            referenced = set(re.findall(r"\b(?:rlhf_|grpc_server_|vllm:)[a-z0-9_:]+|\bup\b", target["expr"]))
+            assert referenced, f"{panel['title']}: {target['expr']}"
+            unknown = referenced - known
+            assert not unknown, f"panel {panel['title']!r} queries series no service exports: {sorted(unknown)}"
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    trainer_series = {s for expr in exprs for s in re.findall(r"rlhf_trainer_[a-z0-9_]+", expr)}
+    for name in ("reward_mean", "reward_std", "kl", "entropy", "loss", "step", "weight_version", "policy_version_lag"):
+        assert f"rlhf_trainer_{name}" in trainer_series, name
+    assert any(s.startswith("rlhf_trainer_sample_staleness") for s in trainer_series)
+    assert any(s.startswith("rlhf_trainer_phase_seconds") for s in trainer_series)

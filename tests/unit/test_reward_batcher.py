@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from services.common.errors import ResourceExhausted, Unavailable
 from services.reward.batcher import BatcherConfig, DynamicBatcher
+from services.reward.overload import Overloaded
 
 
 class FakeModel:
@@ -38,7 +39,7 @@ def test_concurrent_callers_share_one_batch():
     async def scenario():
         model, sizes = FakeModel(), []
         batcher = DynamicBatcher(
-            "m", model.score, BatcherConfig(max_batch_size=32, max_wait_ms=50), on_batch=lambda n, s: sizes.append(n)
+            "m", model.score, BatcherConfig(max_batch_size=32, max_wait_ms=50), on_batch=lambda r: sizes.append(r.size)
         )
         requests = [[10 * c + i for i in range(2)] for c in range(5)]
         results = await asyncio.gather(*(batcher.submit(r) for r in requests))
@@ -198,3 +199,67 @@ def test_every_caller_gets_its_own_scores_in_order(requests, max_batch_size):
     assert results == [[x * 10.0 for x in r] for r in requests]
     assert all(1 <= len(b) <= max_batch_size for b in model.batches)
     assert sum(len(b) for b in model.batches) == sum(len(r) for r in requests)
+
+
+def test_token_budget_closes_a_batch_by_padded_tokens():
+    """rows x items x longest <= budget: short items batch together, a long one goes with few."""
+
+    async def scenario():
+        model, reports = FakeModel(hold=True), []
+        config = BatcherConfig(max_batch_size=32, max_wait_ms=0, max_batch_tokens=100)
+        batcher = DynamicBatcher("m", model.score, config, on_batch=reports.append, rows_per_item=2)
+        blocker = asyncio.ensure_future(batcher.submit([0], [1]))
+        await _wait_entered(model)
+        # Queued while the blocker runs: 5 items of 10 tokens fit (2 x 5 x 10 = 100), the 6th does not;
+        # then a 40-token item fits with one 10-token item only (2 x 2 x 40 = 160 > 100): it runs alone,
+        # and a 60-token item exceeds the budget by itself and still runs, alone.
+        queued = asyncio.ensure_future(batcher.submit([1, 2, 3, 4, 5, 6, 7, 8], [10, 10, 10, 10, 10, 10, 40, 60]))
+        await asyncio.sleep(0)
+        model.release.set()
+        results = await asyncio.gather(blocker, queued)
+        await batcher.close()
+        return model, reports, results
+
+    model, reports, results = asyncio.run(scenario())
+    assert results == [[0.0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]]
+    assert model.batches == [[0], [1, 2, 3, 4, 5], [6], [7], [8]]
+    assert [r.padded_tokens for r in reports] == [2, 100, 20, 80, 120]
+
+
+def test_token_budget_waits_for_a_fuller_batch_only_while_it_fits():
+    async def scenario():
+        model = FakeModel()
+        config = BatcherConfig(max_batch_size=32, max_wait_ms=10_000, max_batch_tokens=64)
+        batcher = DynamicBatcher("m", model.score, config)
+        # Items of 30 and 40 tokens cannot share a batch (2 x 40 > 64), so the first batch is full
+        # at once instead of waiting 10 s for company; the 40-token item then waits alone.
+        request = asyncio.ensure_future(batcher.submit([1, 2], [30, 40]))
+        await _wait_entered(model)
+        await batcher.close()
+        with pytest.raises(Unavailable):
+            await request
+        return model
+
+    assert asyncio.run(scenario()).batches == [[1]]
+
+
+def test_full_queue_gives_a_retry_hint():
+    async def scenario():
+        model = FakeModel(hold=True)
+        batcher = DynamicBatcher("m", model.score, BatcherConfig(max_batch_size=1, max_wait_ms=0, max_queue_items=1))
+        running = asyncio.ensure_future(batcher.submit([1]))
+        await _wait_entered(model)
+        queued = asyncio.ensure_future(batcher.submit([2]))
+        await asyncio.sleep(0)
+        try:
+            await batcher.submit([3])
+        except Overloaded as exc:
+            error = exc
+        model.release.set()
+        await asyncio.gather(running, queued)
+        await batcher.close()
+        return error
+
+    error = asyncio.run(scenario())
+    assert error.retry_after_ms >= 1
+    assert f"retry after ~{error.retry_after_ms} ms" in str(error)

@@ -143,3 +143,34 @@ def test_unavailable_cuda_stops_startup():
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         build_model(DEFAULT_SPECS[0], device="cuda")
+
+
+def test_bad_quotas_file_stops_startup(tmp_path: Path, caplog):
+    bad = tmp_path / "quotas.toml"
+    bad.write_text("[tenants.a]\nrate = 3\n")
+    assert main(["--quotas-file", str(bad), "--port", "0", "--metrics-port", "0"]) == 2
+    assert "tenants.a: unknown keys ['rate']" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--max-batch-tokens", "-1"],
+        ["--keep-previous-versions", "-1"],
+        ["--drain-timeout-s", "0"],
+        ["--tenant-items-per-s", "-5"],
+        ["--tenant-max-concurrent-requests", "-1"],
+        ["--torch-threads", "-2"],
+    ],
+)
+def test_invalid_new_settings_stop_with_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load(argv)
+    assert exit_info.value.code == 2
+    assert "rlhf-reward: error:" in capsys.readouterr().err
+
+
+def test_versioning_and_quota_defaults():
+    config = _load([])
+    assert (config.max_batch_tokens, config.keep_previous_versions, config.admin) == (16384, 1, True)
+    assert (config.tenant_items_per_s, config.tenant_burst_items, config.tenant_max_concurrent_requests) == (0, 0, 0)

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from rlhf.v1 import common_pb2, policy_pb2
 from services.common.errors import DataLoss, InvalidArgument
-from services.common.weight_stream import PushAssembler, TensorSpec, push_requests
+from services.common.weight_stream import (
+    PushAssembler,
+    TensorSpec,
+    fused_groups_for,
+    incomplete_units,
+    load_unit,
+    push_requests,
+)
 
 TENSORS = [
     ("a.weight", torch.arange(12, dtype=torch.float32).reshape(3, 4)),
@@ -17,8 +24,8 @@ TENSORS = [
 MANIFEST = {name: TensorSpec(tuple(t.shape)) for name, t in TENSORS}
 
 
-def assemble(requests, manifest=MANIFEST, max_bytes=10**9, require_complete=True):
-    assembler = PushAssembler(manifest, max_bytes, require_complete)
+def assemble(requests, manifest=MANIFEST, max_bytes=10**9, require_complete=True, fused_groups=None):
+    assembler = PushAssembler(manifest, max_bytes, require_complete, fused_groups)
     for request in requests:
         assembler.feed(request)
     return assembler.finish()
@@ -119,3 +126,75 @@ def test_empty_request_rejected():
     assembler.feed(next(iter(push_requests(TENSORS))))
     with pytest.raises(InvalidArgument, match="empty PushWeightsRequest"):
         assembler.feed(policy_pb2.PushWeightsRequest())
+
+
+# A two-layer Llama-shaped manifest for the partial-push rule.
+LLAMA = {
+    f"model.layers.{i}.{module}.{leaf}": TensorSpec((2,))
+    for i in range(2)
+    for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm")
+    for leaf in (("weight", "bias") if module == "self_attn.q_proj" else ("weight",))
+}
+LLAMA["model.embed_tokens.weight"] = TensorSpec((2,))
+GROUPS = fused_groups_for("llama")
+
+
+def llama_push(names):
+    return push_requests([(name, torch.ones(2)) for name in names])
+
+
+def test_fused_groups_come_from_the_model_type_table():
+    assert GROUPS == (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+    assert fused_groups_for("qwen2") == GROUPS
+    assert fused_groups_for("some-new-arch") is None  # unknown: complete pushes only
+
+
+def test_load_units_merge_fused_siblings_and_a_modules_tensors():
+    q_weight = load_unit("model.layers.0.self_attn.q_proj.weight", GROUPS)
+    assert q_weight == load_unit("model.layers.0.self_attn.v_proj.weight", GROUPS)
+    assert q_weight == load_unit("model.layers.0.self_attn.q_proj.bias", GROUPS)
+    assert q_weight != load_unit("model.layers.1.self_attn.q_proj.weight", GROUPS)
+    assert q_weight != load_unit("model.layers.0.self_attn.o_proj.weight", GROUPS)
+    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) == load_unit("model.layers.0.mlp.up_proj.weight", GROUPS)
+    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) != load_unit("model.layers.0.mlp.down_proj.weight", GROUPS)
+    missing = incomplete_units(["model.layers.1.self_attn.k_proj.weight"], LLAMA, GROUPS)
+    assert missing == [
+        "model.layers.1.self_attn.q_proj.bias",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.v_proj.weight",
+    ]
+
+
+def test_partial_push_of_whole_fused_units_is_accepted():
+    names = [
+        *(f"model.layers.0.self_attn.{m}_proj.weight" for m in "qkv"),
+        "model.layers.0.self_attn.q_proj.bias",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+    ]
+    staged = assemble(llama_push(names), LLAMA, fused_groups=GROUPS)
+    assert sorted(staged.tensors) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "names, first_missing",
+    [
+        # q and v without k: the fused qkv parameter would load k from uninitialized memory
+        (["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.v_proj.weight"],
+         "model.layers.0.self_attn.k_proj.weight"),
+        (["model.layers.1.mlp.up_proj.weight"], "model.layers.1.mlp.gate_proj.weight"),
+        # a module's weight without its bias is half a module
+        ([f"model.layers.0.self_attn.{m}_proj.weight" for m in "qkv"], "model.layers.0.self_attn.q_proj.bias"),
+    ],
+)
+def test_partial_push_that_splits_a_fused_unit_is_rejected(names, first_missing):
+    with pytest.raises(InvalidArgument, match=f"partial push misses .*first: {first_missing}"):
+        assemble(llama_push(names), LLAMA, fused_groups=GROUPS)
+
+
+def test_without_fused_groups_a_partial_push_is_still_refused():
+    names = [f"model.layers.0.self_attn.{m}_proj.weight" for m in "qkv"] + ["model.layers.0.self_attn.q_proj.bias"]
+    with pytest.raises(InvalidArgument, match="only applies complete pushes"):
+        assemble(llama_push(names), LLAMA)

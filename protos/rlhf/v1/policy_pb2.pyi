@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RecordingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORDING_MODE_UNSPECIFIED: _ClassVar[RecordingMode]
+    RECORDING_MODE_ON: _ClassVar[RecordingMode]
+    RECORDING_MODE_OFF: _ClassVar[RecordingMode]
+
 class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENGINE_STATE_UNSPECIFIED: _ClassVar[EngineState]
@@ -15,6 +21,9 @@ class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENGINE_STATE_SERVING: _ClassVar[EngineState]
     ENGINE_STATE_UPDATING_WEIGHTS: _ClassVar[EngineState]
     ENGINE_STATE_FAILED: _ClassVar[EngineState]
+RECORDING_MODE_UNSPECIFIED: RecordingMode
+RECORDING_MODE_ON: RecordingMode
+RECORDING_MODE_OFF: RecordingMode
 ENGINE_STATE_UNSPECIFIED: EngineState
 ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_SERVING: EngineState
@@ -50,30 +59,34 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompts", "sampling", "request_id")
+    __slots__ = ("prompts", "sampling", "request_id", "recording")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
     sampling: SamplingParams
     request_id: str
-    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    recording: RecordingMode
+    def __init__(self, prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., recording: _Optional[_Union[RecordingMode, str]] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("index", "text", "token_ids", "logprobs", "finish_reason", "weight_version")
+    __slots__ = ("index", "text", "token_ids", "logprobs", "finish_reason", "weight_version", "sample_id")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     index: int
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     finish_reason: _common_pb2.FinishReason
     weight_version: int
-    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ...) -> None: ...
+    sample_id: str
+    def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ..., sample_id: _Optional[str] = ...) -> None: ...
 
 class PromptResult(_message.Message):
     __slots__ = ("prompt_token_ids", "samples")
@@ -90,7 +103,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[PromptResult, _Mapping]]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
-    __slots__ = ("prompt_index", "sample_index", "text_delta", "token_ids", "logprobs", "finish_reason", "weight_version", "prompt_token_ids")
+    __slots__ = ("prompt_index", "sample_index", "text_delta", "token_ids", "logprobs", "finish_reason", "weight_version", "prompt_token_ids", "sample_id")
     PROMPT_INDEX_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +112,7 @@ class GenerateStreamResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     prompt_index: int
     sample_index: int
     text_delta: str
@@ -107,19 +121,22 @@ class GenerateStreamResponse(_message.Message):
     finish_reason: _common_pb2.FinishReason
     weight_version: int
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompt_index: _Optional[int] = ..., sample_index: _Optional[int] = ..., text_delta: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    sample_id: str
+    def __init__(self, prompt_index: _Optional[int] = ..., sample_index: _Optional[int] = ..., text_delta: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sample_id: _Optional[str] = ...) -> None: ...
 
 class PushBegin(_message.Message):
-    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note")
+    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note", "version")
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     expected_version: int
     num_tensors: int
     total_bytes: int
     note: str
-    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PushCommit(_message.Message):
     __slots__ = ("sha256",)
@@ -158,7 +175,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix")
+    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +185,8 @@ class GetStatusResponse(_message.Message):
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     VERSION_NOTE_FIELD_NUMBER: _ClassVar[int]
     VERSION_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RESTORABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    HIGHEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     weight_version: int
     state: EngineState
@@ -177,4 +196,36 @@ class GetStatusResponse(_message.Message):
     engine: str
     version_note: str
     version_since_unix: float
-    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ...) -> None: ...
+    restorable_versions: _containers.RepeatedCompositeFieldContainer[WeightVersionInfo]
+    highest_version: int
+    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ...) -> None: ...
+
+class WeightVersionInfo(_message.Message):
+    __slots__ = ("version", "note", "applied_unix")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    note: str
+    applied_unix: float
+    def __init__(self, version: _Optional[int] = ..., note: _Optional[str] = ..., applied_unix: _Optional[float] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("version", "reason")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    reason: str
+    def __init__(self, version: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("weight_version", "previous_version", "num_tensors", "apply_seconds")
+    WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    weight_version: int
+    previous_version: int
+    num_tensors: int
+    apply_seconds: float
+    def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., apply_seconds: _Optional[float] = ...) -> None: ...

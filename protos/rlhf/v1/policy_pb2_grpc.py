@@ -49,6 +49,11 @@ class PolicyServiceStub:
                 request_serializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsRequest.SerializeToString,
                 response_deserializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/rlhf.v1.PolicyService/Rollback',
+                request_serializer=rlhf_dot_v1_dot_policy__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_policy__pb2.RollbackResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/rlhf.v1.PolicyService/GetStatus',
                 request_serializer=rlhf_dot_v1_dot_policy__pb2.GetStatusRequest.SerializeToString,
@@ -76,7 +81,23 @@ class PolicyServiceServicer:
     def PushWeights(self, request_iterator, context):
         """Streams new weights into the running engine. The stream is: one `begin`,
         the tensors as `chunk`s, one `commit`. Nothing changes unless the whole
-        push arrives, verifies and applies; then the weight version goes up by one.
+        push arrives, verifies and applies; then the new weights serve as the next
+        version: one above the highest version this server has applied (version
+        numbers are never reused, not even after a Rollback), or PushBegin.version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Restores a weight version this server applied before (default: the one
+        that served before the current one), in place and atomically like a push:
+        in-flight requests finish on the current weights, then the restored
+        weights serve under their own version number again, so samples keep
+        reporting which weights made them. The server keeps the start checkpoint
+        (version 0) and the last keep_versions versions restorable (see
+        GetStatusResponse.restorable_versions). Errors: NOT_FOUND (version not
+        restorable), FAILED_PRECONDITION (no earlier version is retained).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +127,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.PushWeights,
                     request_deserializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsRequest.FromString,
                     response_serializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=rlhf_dot_v1_dot_policy__pb2.RollbackRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_policy__pb2.RollbackResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -194,6 +220,33 @@ class PolicyService:
             '/rlhf.v1.PolicyService/PushWeights',
             rlhf_dot_v1_dot_policy__pb2.PushWeightsRequest.SerializeToString,
             rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.PolicyService/Rollback',
+            rlhf_dot_v1_dot_policy__pb2.RollbackRequest.SerializeToString,
+            rlhf_dot_v1_dot_policy__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

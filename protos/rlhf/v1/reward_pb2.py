@@ -24,27 +24,67 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\"U\n\tScoreItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x16\n\treference\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_reference\"@\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.rlhf.v1.ScoreItem\"E\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x13\n\x11ListModelsRequest\"\x98\x01\n\x0fRewardModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.rlhf.v1.RewardKind\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x16\n\x0euses_reference\x18\x05 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.rlhf.v1.RewardModelInfo*x\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16REWARD_KIND_SIMILARITY\x10\x01\x12\x1a\n\x16REWARD_KIND_CLASSIFIER\x10\x02\x12\x15\n\x11REWARD_KIND_RULES\x10\x03\x32\x8e\x01\n\rRewardService\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12\x45\n\nListModels\x12\x1a.rlhf.v1.ListModelsRequest\x1a\x1b.rlhf.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/reward.proto\x12\x07rlhf.v1\"U\n\tScoreItem\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\ncompletion\x18\x02 \x01(\t\x12\x16\n\treference\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_reference\":\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"{\n\x0c\x45nsembleSpec\x12\"\n\x07members\x18\x01 \x03(\x0b\x32\x11.rlhf.v1.ModelRef\x12\x31\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1c.rlhf.v1.EnsembleAggregation\x12\x0e\n\x01k\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x04\n\x02_k\"\xc5\x01\n\x0cScoreRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.rlhf.v1.ScoreItem\x12\x1a\n\rmodel_version\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\'\n\x08\x65nsemble\x18\x04 \x01(\x0b\x32\x15.rlhf.v1.EnsembleSpec\x12\x1c\n\x14return_member_scores\x18\x05 \x01(\x08\x12\x0e\n\x06whiten\x18\x06 \x01(\x08\x42\x10\n\x0e_model_version\"]\n\x0cMemberScores\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x17\n\x0fwhitened_scores\x18\x04 \x03(\x02\"\x86\x01\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12&\n\x07members\x18\x04 \x03(\x0b\x32\x15.rlhf.v1.MemberScores\x12\x17\n\x0fwhitened_scores\x18\x05 \x03(\x02\"o\n\x0b\x43omparePair\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x14\n\x0c\x63ompletion_a\x18\x02 \x01(\t\x12\x14\n\x0c\x63ompletion_b\x18\x03 \x01(\t\x12\x16\n\treference\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x0c\n\n_reference\"\x9b\x01\n\x0e\x43ompareRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05pairs\x18\x02 \x03(\x0b\x32\x14.rlhf.v1.ComparePair\x12\x1a\n\rmodel_version\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\'\n\x08\x65nsemble\x18\x04 \x01(\x0b\x32\x15.rlhf.v1.EnsembleSpecB\x10\n\x0e_model_version\"u\n\x0f\x43ompareResponse\x12\x18\n\x10prob_a_preferred\x18\x01 \x03(\x02\x12\x10\n\x08scores_a\x18\x02 \x03(\x02\x12\x10\n\x08scores_b\x18\x03 \x03(\x02\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"\xcb\x01\n\x0fRewardModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.rlhf.v1.RewardKind\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x16\n\x0euses_reference\x18\x05 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x06 \x01(\r\x12\x17\n\x0floaded_versions\x18\x07 \x03(\t\x12\x18\n\x10max_batch_tokens\x18\x08 \x01(\r\"\x80\x01\n\x0c\x45nsembleInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x03(\t\x12\x31\n\x0b\x61ggregation\x18\x03 \x01(\x0e\x32\x1c.rlhf.v1.EnsembleAggregation\x12\t\n\x01k\x18\x04 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\"h\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.rlhf.v1.RewardModelInfo\x12(\n\tensembles\x18\x02 \x03(\x0b\x32\x15.rlhf.v1.EnsembleInfo\"%\n\x14GetModelStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"q\n\nScoreStats\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0b\n\x03std\x18\x04 \x01(\x01\x12\x0b\n\x03min\x18\x05 \x01(\x01\x12\x0b\n\x03max\x18\x06 \x01(\x01\x12\x0e\n\x06latest\x18\x07 \x01(\x08\"M\n\x15GetModelStatsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x08versions\x18\x02 \x03(\x0b\x32\x13.rlhf.v1.ScoreStats\"\xfc\x01\n\x10RulesDeclaration\x12\x14\n\x0ctarget_words\x18\x01 \x01(\r\x12\x1a\n\rlength_weight\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0erequired_words\x18\x03 \x03(\t\x12\x1c\n\x0frequired_weight\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x0c\x62\x61nned_words\x18\x05 \x03(\t\x12\x1a\n\rbanned_weight\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\x0e\x63\x61se_sensitive\x18\x07 \x01(\x08\x42\x10\n\x0e_length_weightB\x12\n\x10_required_weightB\x10\n\x0e_banned_weight\"\x9e\x02\n\x10ModelDeclaration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.rlhf.v1.RewardKind\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12(\n\x05rules\x18\x05 \x01(\x0b\x32\x19.rlhf.v1.RulesDeclaration\x12\x1b\n\x0emax_batch_size\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0bmax_wait_ms\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x1d\n\x10max_batch_tokens\x18\x08 \x01(\rH\x02\x88\x01\x01\x42\x11\n\x0f_max_batch_sizeB\x0e\n\x0c_max_wait_msB\x13\n\x11_max_batch_tokens\"<\n\x10LoadModelRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.rlhf.v1.ModelDeclaration\"<\n\x11LoadModelResponse\x12\'\n\x05model\x18\x01 \x01(\x0b\x32\x18.rlhf.v1.RewardModelInfo\"u\n\x15PublishVersionRequest\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.rlhf.v1.ModelDeclaration\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"|\n\x16PublishVersionResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x04 \x01(\x08\x12\x17\n\x0floaded_versions\x18\x05 \x03(\t\"E\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"0\n\x13UnloadModelResponse\x12\x19\n\x11unloaded_versions\x18\x01 \x03(\t*\xa1\x01\n\x13\x45nsembleAggregation\x12$\n ENSEMBLE_AGGREGATION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NSEMBLE_AGGREGATION_MEAN\x10\x01\x12\x1c\n\x18\x45NSEMBLE_AGGREGATION_MIN\x10\x02\x12\'\n#ENSEMBLE_AGGREGATION_MEAN_MINUS_STD\x10\x03*x\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16REWARD_KIND_SIMILARITY\x10\x01\x12\x1a\n\x16REWARD_KIND_CLASSIFIER\x10\x02\x12\x15\n\x11REWARD_KIND_RULES\x10\x03\x32\x9c\x02\n\rRewardService\x12\x36\n\x05Score\x12\x15.rlhf.v1.ScoreRequest\x1a\x16.rlhf.v1.ScoreResponse\x12<\n\x07\x43ompare\x12\x17.rlhf.v1.CompareRequest\x1a\x18.rlhf.v1.CompareResponse\x12\x45\n\nListModels\x12\x1a.rlhf.v1.ListModelsRequest\x1a\x1b.rlhf.v1.ListModelsResponse\x12N\n\rGetModelStats\x12\x1d.rlhf.v1.GetModelStatsRequest\x1a\x1e.rlhf.v1.GetModelStatsResponse2\xf5\x01\n\x12RewardAdminService\x12\x42\n\tLoadModel\x12\x19.rlhf.v1.LoadModelRequest\x1a\x1a.rlhf.v1.LoadModelResponse\x12Q\n\x0ePublishVersion\x12\x1e.rlhf.v1.PublishVersionRequest\x1a\x1f.rlhf.v1.PublishVersionResponse\x12H\n\x0bUnloadModel\x12\x1b.rlhf.v1.UnloadModelRequest\x1a\x1c.rlhf.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhf.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REWARDKIND']._serialized_start=497
-  _globals['_REWARDKIND']._serialized_end=617
+  _globals['_ENSEMBLEAGGREGATION']._serialized_start=2859
+  _globals['_ENSEMBLEAGGREGATION']._serialized_end=3020
+  _globals['_REWARDKIND']._serialized_start=3022
+  _globals['_REWARDKIND']._serialized_end=3142
   _globals['_SCOREITEM']._serialized_start=33
   _globals['_SCOREITEM']._serialized_end=118
-  _globals['_SCOREREQUEST']._serialized_start=120
-  _globals['_SCOREREQUEST']._serialized_end=184
-  _globals['_SCORERESPONSE']._serialized_start=186
-  _globals['_SCORERESPONSE']._serialized_end=255
-  _globals['_LISTMODELSREQUEST']._serialized_start=257
-  _globals['_LISTMODELSREQUEST']._serialized_end=276
-  _globals['_REWARDMODELINFO']._serialized_start=279
-  _globals['_REWARDMODELINFO']._serialized_end=431
-  _globals['_LISTMODELSRESPONSE']._serialized_start=433
-  _globals['_LISTMODELSRESPONSE']._serialized_end=495
-  _globals['_REWARDSERVICE']._serialized_start=620
-  _globals['_REWARDSERVICE']._serialized_end=762
+  _globals['_MODELREF']._serialized_start=120
+  _globals['_MODELREF']._serialized_end=178
+  _globals['_ENSEMBLESPEC']._serialized_start=180
+  _globals['_ENSEMBLESPEC']._serialized_end=303
+  _globals['_SCOREREQUEST']._serialized_start=306
+  _globals['_SCOREREQUEST']._serialized_end=503
+  _globals['_MEMBERSCORES']._serialized_start=505
+  _globals['_MEMBERSCORES']._serialized_end=598
+  _globals['_SCORERESPONSE']._serialized_start=601
+  _globals['_SCORERESPONSE']._serialized_end=735
+  _globals['_COMPAREPAIR']._serialized_start=737
+  _globals['_COMPAREPAIR']._serialized_end=848
+  _globals['_COMPAREREQUEST']._serialized_start=851
+  _globals['_COMPAREREQUEST']._serialized_end=1006
+  _globals['_COMPARERESPONSE']._serialized_start=1008
+  _globals['_COMPARERESPONSE']._serialized_end=1125
+  _globals['_LISTMODELSREQUEST']._serialized_start=1127
+  _globals['_LISTMODELSREQUEST']._serialized_end=1146
+  _globals['_REWARDMODELINFO']._serialized_start=1149
+  _globals['_REWARDMODELINFO']._serialized_end=1352
+  _globals['_ENSEMBLEINFO']._serialized_start=1355
+  _globals['_ENSEMBLEINFO']._serialized_end=1483
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1485
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1589
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1591
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1628
+  _globals['_SCORESTATS']._serialized_start=1630
+  _globals['_SCORESTATS']._serialized_end=1743
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1745
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1822
+  _globals['_RULESDECLARATION']._serialized_start=1825
+  _globals['_RULESDECLARATION']._serialized_end=2077
+  _globals['_MODELDECLARATION']._serialized_start=2080
+  _globals['_MODELDECLARATION']._serialized_end=2366
+  _globals['_LOADMODELREQUEST']._serialized_start=2368
+  _globals['_LOADMODELREQUEST']._serialized_end=2428
+  _globals['_LOADMODELRESPONSE']._serialized_start=2430
+  _globals['_LOADMODELRESPONSE']._serialized_end=2490
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=2492
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=2609
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_start=2611
+  _globals['_PUBLISHVERSIONRESPONSE']._serialized_end=2735
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2737
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2806
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=2808
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=2856
+  _globals['_REWARDSERVICE']._serialized_start=3145
+  _globals['_REWARDSERVICE']._serialized_end=3429
+  _globals['_REWARDADMINSERVICE']._serialized_start=3432
+  _globals['_REWARDADMINSERVICE']._serialized_end=3677
 # @@protoc_insertion_point(module_scope)

@@ -39,10 +39,20 @@ class RewardServiceStub:
                 request_serializer=rlhf_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=rlhf_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Compare = channel.unary_unary(
+                '/rlhf.v1.RewardService/Compare',
+                request_serializer=rlhf_dot_v1_dot_reward__pb2.CompareRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_reward__pb2.CompareResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/rlhf.v1.RewardService/ListModels',
                 request_serializer=rlhf_dot_v1_dot_reward__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=rlhf_dot_v1_dot_reward__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetModelStats = channel.unary_unary(
+                '/rlhf.v1.RewardService/GetModelStats',
+                request_serializer=rlhf_dot_v1_dot_reward__pb2.GetModelStatsRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_reward__pb2.GetModelStatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -50,14 +60,31 @@ class RewardServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Score(self, request, context):
-        """Scores each prompt/completion pair with one named reward model.
+        """Scores each prompt/completion pair with one model, a configured ensemble,
+        or an ensemble given in the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compare(self, request, context):
+        """For each pair of completions of one prompt, the probability that A is
+        preferred to B: sigmoid(score(A) - score(B)) (Bradley-Terry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the hosted reward models.
+        """Lists the hosted reward models and the configured ensembles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelStats(self, request, context):
+        """Running mean/std of the scores each loaded version of a model has given,
+        for callers who whiten rewards themselves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -71,10 +98,20 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     request_deserializer=rlhf_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
                     response_serializer=rlhf_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
             ),
+            'Compare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compare,
+                    request_deserializer=rlhf_dot_v1_dot_reward__pb2.CompareRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_reward__pb2.CompareResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=rlhf_dot_v1_dot_reward__pb2.ListModelsRequest.FromString,
                     response_serializer=rlhf_dot_v1_dot_reward__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStats,
+                    request_deserializer=rlhf_dot_v1_dot_reward__pb2.GetModelStatsRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_reward__pb2.GetModelStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -115,6 +152,33 @@ class RewardService:
             _registered_method=True)
 
     @staticmethod
+    def Compare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.RewardService/Compare',
+            rlhf_dot_v1_dot_reward__pb2.CompareRequest.SerializeToString,
+            rlhf_dot_v1_dot_reward__pb2.CompareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListModels(request,
             target,
             options=(),
@@ -131,6 +195,201 @@ class RewardService:
             '/rlhf.v1.RewardService/ListModels',
             rlhf_dot_v1_dot_reward__pb2.ListModelsRequest.SerializeToString,
             rlhf_dot_v1_dot_reward__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.RewardService/GetModelStats',
+            rlhf_dot_v1_dot_reward__pb2.GetModelStatsRequest.SerializeToString,
+            rlhf_dot_v1_dot_reward__pb2.GetModelStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RewardAdminServiceStub:
+    """Changes what the service hosts, at runtime, without dropping requests.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LoadModel = channel.unary_unary(
+                '/rlhf.v1.RewardAdminService/LoadModel',
+                request_serializer=rlhf_dot_v1_dot_reward__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_reward__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.PublishVersion = channel.unary_unary(
+                '/rlhf.v1.RewardAdminService/PublishVersion',
+                request_serializer=rlhf_dot_v1_dot_reward__pb2.PublishVersionRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_reward__pb2.PublishVersionResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/rlhf.v1.RewardAdminService/UnloadModel',
+                request_serializer=rlhf_dot_v1_dot_reward__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_reward__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
+
+
+class RewardAdminServiceServicer:
+    """Changes what the service hosts, at runtime, without dropping requests.
+    """
+
+    def LoadModel(self, request, context):
+        """Loads a model under a new name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishVersion(self, request, context):
+        """Publishes a new version of a hosted model: new requests that follow the
+        latest version go to it at once; requests in flight on the previous version
+        finish there. The previous version stays pinnable while it is retained
+        (server setting keep_previous_versions), then unloads once drained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unloads a whole model or one of its older versions, after in-flight
+        requests on it have drained.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RewardAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=rlhf_dot_v1_dot_reward__pb2.LoadModelRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_reward__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'PublishVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishVersion,
+                    request_deserializer=rlhf_dot_v1_dot_reward__pb2.PublishVersionRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_reward__pb2.PublishVersionResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=rlhf_dot_v1_dot_reward__pb2.UnloadModelRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_reward__pb2.UnloadModelResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'rlhf.v1.RewardAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('rlhf.v1.RewardAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RewardAdminService:
+    """Changes what the service hosts, at runtime, without dropping requests.
+    """
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.RewardAdminService/LoadModel',
+            rlhf_dot_v1_dot_reward__pb2.LoadModelRequest.SerializeToString,
+            rlhf_dot_v1_dot_reward__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.RewardAdminService/PublishVersion',
+            rlhf_dot_v1_dot_reward__pb2.PublishVersionRequest.SerializeToString,
+            rlhf_dot_v1_dot_reward__pb2.PublishVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.RewardAdminService/UnloadModel',
+            rlhf_dot_v1_dot_reward__pb2.UnloadModelRequest.SerializeToString,
+            rlhf_dot_v1_dot_reward__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
