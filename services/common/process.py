@@ -63,7 +63,7 @@ class ServerProcess:
         except FileNotFoundError:
             return "(no log)"
 
-    def stop(self, timeout_s: float = 30) -> int | None:
+    def stop(self, timeout_s: float = 120) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
