@@ -120,6 +120,8 @@ def run_task(task: str, config: LearningBenchConfig, model_dir: str, policy: str
         print(f"[bench] {task}: held-out {reward_model} reward {before['reward'][reward_model]:.4f}; training {steps} steps", flush=True)
         summary = trainer.run()
         after = evaluator.run()
+        print(f"[bench] {task}: held-out {reward_model} reward {before['reward'][reward_model]:.4f} -> "
+              f"{after['reward'][reward_model]:.4f}, KL {after['kl']:.4f}", flush=True)
     finally:
         trainer.close()
     png = plot_run(run_dir / "metrics.jsonl", RESULTS / ("learning.png" if task == "similarity" else f"learning-{task}.png"),
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     started = time.time()
     tasks: dict[str, dict] = {}
+    load = {"start": os.getloadavg()[0]}  # the box may be shared: say how busy it was
     try:
         print(f"[bench] starting the policy and reward services (logs in {work})", flush=True)
         policy.launch()
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         services_s = round(time.time() - started, 1)
         for task in config.tasks:
             tasks[task] = run_task(task, config, model_dir, f"127.0.0.1:{policy_port}", f"127.0.0.1:{reward_port}", work)
+            load[f"after_{task}"] = os.getloadavg()[0]
     finally:
         codes = {"policy": policy.stop(), "reward": reward.stop()}
     primary = tasks[config.tasks[0]]
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         **{k: primary[k] for k in ("task", "reward_model", "reward_before", "reward_after", "reward_gain", "z", "kl_final", "steps")},
         "wall_s": round(time.time() - started, 1),
         "services_start_s": services_s,
-        "budget": "one command on a 2-core CPU; see wall_s",
+        "load_average_1min": load,
         "tasks": tasks,
         "config": asdict(config),
         "service_exit_codes": codes,

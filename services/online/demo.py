@@ -41,8 +41,8 @@ class OnlineDemoConfig:
     rm_base_model: str = option("", "Backbone of the first reward model. Empty: the packaged all-MiniLM-L6-v2.")
     model_cache: str = option(str(DEFAULT_CACHE), "Where the packaged policy is converted to on first use.")
     users: int = option(40, "Simulated users.")
-    request_rate: float = option(0.25, "Simulated requests per second (two SmolLM2 replicas on a 2-core CPU serve about this many).")
-    canary_fraction: float = option(0.4, "Share of users on the canary replica.")
+    request_rate: float = option(0.3, "Simulated requests per second (two SmolLM2 replicas on a 2-core CPU serve about this many).")
+    canary_fraction: float = option(0.5, "Share of users on the canary replica (high, so a verdict comes within minutes).")
     adversarial_fraction: float = option(0.1, "Share of users who answer the opposite of what they think.")
     rating_noise: float = option(0.1, "Rater noise (utility units).")
     user_max_tokens: int = option(32, "Tokens per completion users get.")
@@ -51,12 +51,13 @@ class OnlineDemoConfig:
     prompts_per_step: int = option(2, "Prompts per RL step.")
     samples_per_prompt: int = option(4, "Samples per prompt (GRPO group).")
     max_tokens: int = option(32, "Tokens per RL sample.")
-    learning_rate: float = option(1e-4, "Policy learning rate (of the LoRA adapter).")
+    learning_rate: float = option(5e-5, "Policy learning rate (of the LoRA adapter).")
     lora_rank: int = option(16, "LoRA rank of the online trainer (0: full fine-tuning, about 2 GB more memory).")
     rm_min_new_pairs: int = option(16, "New preference pairs that trigger a reward-model retraining.")
-    canary_min_ratings: int = option(10, "Rated samples per version before a canary decision.")
-    canary_margin: float = option(0.05, "Rollback margin on the mean score (0-1).")
-    canary_window_s: float = option(150.0, "Longest wait for a canary decision.")
+    canary_min_ratings: int = option(12, "Rated samples per version (by raters who rated both) before a canary decision.")
+    canary_margin: float = option(0.1, "Rollback margin on the mean score (0-1); with ~12 ratings the noise is about 0.06.")
+    gold_probability: float = option(0.2, "Share of pairs a noise-free expert also answers (how adversarial raters are found).")
+    canary_window_s: float = option(240.0, "Longest wait for a canary decision.")
     start_timeout_s: float = option(600.0, "How long the services may take to report SERVING.")
     seed: int = option(0, "Seed.")
     log_level: str = option("INFO", "Python logging level.")
@@ -128,7 +129,8 @@ def run_demo(config: OnlineDemoConfig) -> dict:
             stable_address=addresses["stable"], canary_address=addresses["canary"], canary_fraction=config.canary_fraction,
             users=config.users, adversarial_fraction=config.adversarial_fraction, rating_noise=config.rating_noise,
             request_rate=config.request_rate, duration_s=config.duration_s + 600, max_requests=100_000,
-            max_tokens=config.user_max_tokens, target_words=config.target_words, rpc_timeout_s=120, seed=config.seed,
+            max_tokens=config.user_max_tokens, target_words=config.target_words, gold_probability=config.gold_probability,
+            rpc_timeout_s=120, seed=config.seed,
         ))
         stop_users, stop_loop = threading.Event(), threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C ends the loop at its next check, then stops everything
@@ -169,10 +171,11 @@ def run_demo(config: OnlineDemoConfig) -> dict:
     for trained in summary["reward_models"]:
         print(f" reward model {trained['version']} on {trained['pairs']} pairs: held-out accuracy "
               f"{trained['heldout_accuracy_before']} -> {trained['heldout_accuracy']}, published={trained['published']}")
-    scored = [r for r in rows if r["mean_score"] is not None]
-    if len(scored) >= 2:
-        first, last = scored[0], scored[-1]
-        _say(f"feedback-measured quality moved from {first['mean_score']:.3f} (v{first['version']}) to "
-             f"{last['mean_score']:.3f} (v{last['version']}); stable now serves v{summary['stable_version']}")
+    by_version = {r["version"]: r for r in rows}
+    start, end = by_version.get(0), by_version.get(summary["stable_version"])
+    if start and end and start["mean_score"] is not None and end["mean_score"] is not None:
+        _say(f"stable replica: v0 -> v{end['version']}; feedback-measured quality {start['mean_score']:.3f} -> "
+             f"{end['mean_score']:.3f}, hidden utility (the truth the feedback estimates) "
+             f"{start['mean_hidden_utility']} -> {end['mean_hidden_utility']}")
     _say(f"summary: {out / 'summary.json'}")
     return result

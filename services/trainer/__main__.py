@@ -31,6 +31,10 @@ def _train(argv: list[str]) -> None:
     from services.trainer.loop import Trainer
 
     config = load_config(TrainerConfig, _resume_flag(argv), env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise SystemExit(f"rlhf-trainer train: error: {exc}") from None
     setup_logging(config.log_level)
     log.info("trainer config:\n%s", describe(config))
     serve_metrics("0.0.0.0", config.metrics_port)
