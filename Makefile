@@ -19,8 +19,14 @@ help:
 	@echo "make setup       create $(VENV) and install the project (ENGINE=cpu|gpu)"
 	@echo "make protos      regenerate the gRPC Python code from protos/"
 	@echo "make models      convert the packaged policy model once (no downloads)"
+	@echo "make bench       every benchmark below, one JSON each in bench/results/ (baseline, candidate, ratio, machine; ~1 h)"
+	@echo "make bench-generation  tokens/s: policy service vs in-process vLLM vs HF generate (bench/results/generation.json)"
+	@echo "make bench-push  push seconds and GB/s: gRPC push vs disk write + reload, SmolLM2 and ~1B bf16 (bench/results/push.json)"
+	@echo "make bench-step  training step time split, sync vs async rollouts (bench/results/step.json)"
+	@echo "make bench-scaling  generation tokens/s and push time, 1 vs 2 policy replicas (bench/results/scaling.json)"
 	@echo "make bench-reward  reward service throughput/latency, batching on vs off (writes bench/results/reward.json)"
 	@echo "make bench-load  load sweep of the policy and reward services (writes bench/results/load.json, load.png)"
+	@echo "make bench-soak  mixed traffic while services restart, vs none (writes bench/results/soak.json)"
 	@echo "make bench-learning  RL on SmolLM2-135M, held-out reward before/after (writes bench/results/learning.json, learning.png)"
 
 $(STAMP): pyproject.toml
@@ -79,6 +85,23 @@ test-unit: setup
 test-integration: setup system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: bench bench-generation bench-push bench-step bench-scaling
+# Every benchmark, one after another (they must not share the machine with each other).
+bench: bench-generation bench-push bench-reward bench-step bench-scaling bench-soak bench-load bench-learning
+	HF_HUB_OFFLINE=1 $(PY) -m bench.summary
+
+bench-generation: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.generation_bench
+
+bench-push: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.push_bench
+
+bench-step: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.step_bench
+
+bench-scaling: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.scaling_bench
+
 .PHONY: bench-reward
 # Reward service pairs/s and p50/p99 latency at 1/4/16/64 clients, batching on vs off -> bench/results/reward.json
 bench-reward: setup
@@ -89,6 +112,12 @@ bench-load: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+.PHONY: bench-soak
+# Mixed traffic with periodic service restarts vs none; lost acknowledged writes must be 0 -> bench/results/soak.json.
+# SOAK_ARGS passes flags (--duration-s, --restart-every-s, --push-every-s; --help lists them).
+bench-soak: setup
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.soak_bench $(SOAK_ARGS)
 
 .PHONY: bench-learning
 # Held-out reward before/after training SmolLM2-135M on the similarity and a rules reward (~20 min on 2 cores)

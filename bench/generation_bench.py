@@ -4,7 +4,8 @@
 
 The service's overhead is the ratio of its tokens/s to the in-process engine's
 (target: within 10%). All three run one after another on the same model and prompts,
-sampling at temperature 1 with fixed seeds; tokens are the ones actually generated.
+sampling at temperature 1 with fixed seeds and exactly max_tokens per sample (EOS
+ignored), so each does the same work; tokens are the ones actually generated.
 Writes bench/results/generation.json.
 """
 
@@ -49,7 +50,7 @@ def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int
             def run(ids, seed):
                 request = policy_pb2.GenerateRequest(
                     prompts=[policy_pb2.Prompt(token_ids=p) for p in ids],
-                    sampling=policy_pb2.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed),
+                    sampling=policy_pb2.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, ignore_eos=True),
                 )
                 return stub.Generate(request, timeout=900)
 
@@ -72,7 +73,7 @@ def in_process(model_dir: str, prompt_ids: list[list[int]], max_tokens: int) -> 
     engine.start()
 
     async def one(i: int, ids: list[int], seed: int) -> int:
-        spec = SamplingSpec(1, max_tokens, 1.0, 1.0, 0, seed + i, ())
+        spec = SamplingSpec(1, max_tokens, 1.0, 1.0, 0, seed + i, (), ignore_eos=True)
         count = 0
         async for delta in engine.generate(f"bench-{seed}-{i}", ids, spec, 0):
             count += len(delta.token_ids)
@@ -106,7 +107,7 @@ def hf_generate(model_dir: str, prompt_ids: list[list[int]], max_tokens: int) ->
     torch.manual_seed(1)
     started = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad)
+        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad)
     seconds = time.perf_counter() - started
     tokens = 0
     for row in out[:, width:].tolist():

@@ -185,6 +185,11 @@ def main() -> None:
         "load",
         {
             "command": "make bench-load",
+            "compared": "policy GenerateStream output tokens/s at the highest concurrency (candidate) vs one request at a time (baseline)",
+            "baseline": {"concurrency": policy_rows[0]["concurrency"], "output_token_throughput": policy_rows[0]["output_token_throughput"]},
+            "candidate": {"concurrency": policy_rows[-1]["concurrency"], "output_token_throughput": policy_rows[-1]["output_token_throughput"]},
+            "ratio": _ratio(policy_rows[-1]["output_token_throughput"], policy_rows[0]["output_token_throughput"]),
+            "ratio_meaning": "continuous batching gain: output tokens/s at the highest concurrency over concurrency 1",
             "policy": {
                 "model": model_dir,
                 "rpc": "GenerateStream",

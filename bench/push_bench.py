@@ -62,7 +62,15 @@ def load_tensors(model_dir: Path) -> list:
     return out
 
 
-def grpc_push(model_dir: Path, tensors: list, dtype: str, repeats: int, log: Path) -> list[float]:
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def lora_subset(tensors: list) -> list:
+    """What a LoRA run on q/k/v/o pushes with push_scope=changed: those weights (q/k/v are one fused unit)."""
+    return [(n, t) for n, t in tensors if any(f".{target}." in n for target in LORA_TARGETS)]
+
+
+def grpc_push(model_dir: Path, tensors: list, dtype: str, repeats: int, log: Path, partial: list | None = None) -> tuple[list[float], list[float]]:
     from rlhf.v1 import policy_pb2_grpc
     from services.common.client import open_channel
     from services.common.weight_stream import push_requests
@@ -80,12 +88,17 @@ def grpc_push(model_dir: Path, tensors: list, dtype: str, repeats: int, log: Pat
                 reply = stub.PushWeights(push_requests(tensors, note=f"bench {i}"), timeout=1800)
                 seconds.append(time.perf_counter() - started)
                 assert reply.weight_version == i + 1
-        return seconds
+            partial_seconds = []
+            for i in range(repeats if partial else 0):
+                started = time.perf_counter()
+                stub.PushWeights(push_requests(partial, note=f"bench lora {i}"), timeout=1800)
+                partial_seconds.append(time.perf_counter() - started)
+        return seconds, partial_seconds
     finally:
         server.stop()
 
 
-def disk_reload(model_dir: Path, tensors: list, dtype: str, repeats: int) -> list[float]:
+def disk_reload(model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None) -> tuple[list[float], list[float]]:
     from safetensors.torch import save_file
 
     from services.policy.config import PolicyConfig
@@ -94,32 +107,49 @@ def disk_reload(model_dir: Path, tensors: list, dtype: str, repeats: int) -> lis
     engine = VllmEngine(PolicyConfig(model=str(model_dir), dtype=dtype, max_model_len=256, cpu_kvcache_gib=1), str(model_dir))
     engine.start()
     loop = asyncio.new_event_loop()
-    seconds = []
+    seconds: dict[str, list[float]] = {"full": [], "partial": []}
     try:
         with tempfile.TemporaryDirectory(dir=RESULTS) as scratch:  # on disk, not tmpfs
-            for i in range(repeats):
-                path = Path(scratch) / f"step-{i}.safetensors"
-                started = time.perf_counter()
-                save_file(dict(tensors), str(path))
-                loop.run_until_complete(engine.load_weights(str(path)))
-                seconds.append(time.perf_counter() - started)
-                path.unlink()
+            for kind, items in (("full", tensors), ("partial", partial or [])):
+                for i in range(repeats if items else 0):
+                    path = Path(scratch) / f"{kind}-{i}.safetensors"
+                    started = time.perf_counter()
+                    save_file(dict(items), str(path))
+                    loop.run_until_complete(engine.load_weights(str(path)))
+                    seconds[kind].append(time.perf_counter() - started)
+                    path.unlink()
     finally:
         loop.close()
         engine.shutdown()
-    return seconds
+    return seconds["full"], seconds["partial"]
 
 
-def measure(label: str, model_dir: Path, dtype: str, repeats: int) -> dict:
+def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bool = False) -> dict:
     tensors = load_tensors(model_dir)
+    partial = lora_subset(tensors) if with_lora else None
     total = sum(t.numel() * t.element_size() for _, t in tensors)
     params = sum(t.numel() for _, t in tensors)
     print(f"[push] {label}: {params / 1e6:.0f} M params, {total / 1e9:.2f} GB ({dtype})", flush=True)
-    candidate = statistics.median(grpc_push(model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log"))
+    pushes, partial_pushes = grpc_push(model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial)
+    candidate = statistics.median(pushes)
     print(f"[push] {label}: gRPC push {candidate:.2f} s ({total / candidate / 1e9:.2f} GB/s)", flush=True)
-    baseline = statistics.median(disk_reload(model_dir, tensors, dtype, repeats))
+    reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial)
+    baseline = statistics.median(reloads)
     print(f"[push] {label}: disk write+reload {baseline:.2f} s ({total / baseline / 1e9:.2f} GB/s)", flush=True)
+    lora = None
+    if partial:
+        size = sum(t.numel() * t.element_size() for _, t in partial)
+        lora = {
+            "what": f"the tensors a LoRA run on {'/'.join(LORA_TARGETS)} pushes (push_scope=changed, merged weights)",
+            "tensors": len(partial),
+            "bytes": size,
+            "grpc_seconds": round(statistics.median(partial_pushes), 3),
+            "disk_seconds": round(statistics.median(partial_reloads), 3),
+            "ratio": round(statistics.median(partial_reloads) / statistics.median(partial_pushes), 3),
+        }
+        print(f"[push] {label} LoRA subset ({size / 1e6:.0f} MB): gRPC {lora['grpc_seconds']} s, disk {lora['disk_seconds']} s", flush=True)
     return {
+        "lora_push": lora,
         "model": label,
         "parameters": params,
         "bytes": total,
@@ -135,7 +165,7 @@ def main() -> None:
     parser.add_argument("--synthetic-params", type=float, default=1e9, help="size of the synthetic model (0 skips it)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats)]
+    cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats, with_lora=True)]
     if args.synthetic_params > 0:
         synthetic = synthetic_llama(RESULTS / "models" / f"synthetic-{args.synthetic_params:.0e}", args.synthetic_params)
         cases.append(measure(f"synthetic-{args.synthetic_params / 1e9:g}b", synthetic, "bfloat16", args.repeats))

@@ -174,12 +174,37 @@ async def measure(config: BenchConfig, address: str, metrics_url: str) -> list[d
     return results
 
 
+def bare_forward(config: BenchConfig) -> dict:
+    """The same pairs scored in-process by the same model in batches of max_batch_size: no server, no gRPC."""
+    import torch
+
+    from services.reward.backend import RewardItem
+    from services.reward.similarity import SimilarityReward
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    model = SimilarityReward("similarity")
+    items = [RewardItem(i.prompt, i.completion, i.reference or None) for i in workload(ROOT / config.data_file)]
+    size = config.max_batch_size
+    model.score(items[:size])  # warm-up
+    count = config.requests * 2
+    batches = [[items[(start + k) % len(items)] for k in range(min(size, count - start))] for start in range(0, count, size)]
+    started = time.perf_counter()
+    for batch in batches:
+        model.score(batch)
+    seconds = time.perf_counter() - started
+    return {"pairs": count, "batch_size": size, "seconds": round(seconds, 3), "pairs_per_s": round(count / seconds, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     config = load_config(BenchConfig, argv, "RLHF_BENCH_", prog="reward_bench")
     print(f"reward bench config:\n{describe(config)}", flush=True)
     started = time.perf_counter()
     info = machine_info()
     info["server_torch_threads"] = config.torch_threads or "torch default (one per core)"
+    print("bare model forward (in-process, no server) ...", flush=True)
+    bare = bare_forward(config)
+    print(f"  {bare['pairs_per_s']} pairs/s in batches of {bare['batch_size']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="reward-bench-") as tmp:
         models_file = Path(tmp) / "models.toml"
         models_file.write_text(MODELS_TOML)
@@ -213,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             "clients": "asyncio tasks over one gRPC channel, requests back to back",
         },
         "machine": info,
+        "compared": "pairs/s through the service (batching on, most clients) vs the bare model forward on the same pairs",
+        "baseline": {"what": "in-process SimilarityReward.score, batches of max_batch_size, one caller", **bare},
+        "candidate": {"what": f"Score over gRPC, batching on, {results[-1]['concurrency']} concurrent clients", **results[-1]["on"]},
+        "ratio": round(results[-1]["on"]["pairs_per_s"] / bare["pairs_per_s"], 3),
+        "ratio_meaning": "service pairs/s over bare forward pairs/s (1.0 = the service costs nothing)",
         "results": results,
         "duration_s": round(time.perf_counter() - started, 1),
     }
@@ -227,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             f"   {row['speedup']:>6.2f}x"
             f"   {on['p50_ms']:>6.1f}/{on['p99_ms']:<8.1f}   {off['p50_ms']:>6.1f}/{off['p99_ms']:.1f}"
         )
-    print(f"\nwrote {output} in {report['duration_s']} s")
+    print(f"\nservice/bare forward = {report['ratio']} ({results[-1]['on']['pairs_per_s']} vs {bare['pairs_per_s']} pairs/s)")
+    print(f"wrote {output} in {report['duration_s']} s")
     failed = sum(row[mode]["failed"] for row in results for mode in MODES)
     return 1 if failed or code != 0 else 0
 

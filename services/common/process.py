@@ -63,6 +63,25 @@ class ServerProcess:
         except FileNotFoundError:
             return "(no log)"
 
+    def crash(self) -> None:
+        """SIGKILL the server and every process it started at once, as a machine or container crash would.
+
+        Killing only the server would leave e.g. vLLM's engine processes orphaned and busy.
+        """
+        import psutil
+
+        if self.process is None or self.process.poll() is not None:
+            return
+        server = psutil.Process(self.process.pid)
+        family = [server, *server.children(recursive=True)]
+        for process in family:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(family, timeout=30)
+        self.process.wait(30)
+
     def stop(self, timeout_s: float = 120) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode

@@ -43,6 +43,9 @@ METHOD_SCOPES: dict[str, dict[str, str]] = {
         "GetStatus": "generate",
         "PushWeights": "admin",
         "Rollback": "admin",
+        "InitWeightTransfer": "admin",
+        "BeginNcclPush": "admin",
+        "CommitNcclPush": "admin",
     },
     "rlhf.v1.RewardService": {"Score": "score", "ListModels": "score", "Compare": "score", "GetModelStats": "score"},
     "rlhf.v1.FeedbackService": {

@@ -15,6 +15,8 @@ import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -125,37 +127,78 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StagedPush:
-    """A verified push: tensors in arrival order, ready to apply."""
+    """A verified push: tensor names in arrival order, and where their bytes are."""
 
-    tensors: dict[str, torch.Tensor]
+    names: tuple[str, ...]
     total_bytes: int
     note: str
     expected_version: int | None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # MemorySink: the tensors themselves
+    path: Path | None = None  # a file sink: the staged file
+
+
+class TensorSink(Protocol):
+    """Where an assembler puts tensor bytes as they arrive (memory, or a staging file)."""
+
+    def open_tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def close_tensor(self) -> None: ...
+    def finish(self) -> tuple[dict[str, torch.Tensor], Path | None]: ...
+    def discard(self) -> None: ...
+
+
+class MemorySink:
+    """Tensors assembled in memory (tests, small pushes)."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._name, self._dtype, self._shape = "", torch.float32, ()
+        self._buffer = bytearray()
+        self._filled = 0
+
+    def open_tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> None:
+        self._name, self._dtype, self._shape = name, dtype, shape
+        self._buffer, self._filled = bytearray(nbytes), 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer[self._filled : self._filled + len(data)] = data
+        self._filled += len(data)
+
+    def close_tensor(self) -> None:
+        tensor = torch.frombuffer(self._buffer, dtype=self._dtype) if self._buffer else torch.empty(0, dtype=self._dtype)
+        self.tensors[self._name] = tensor.reshape(self._shape)
+        self._buffer = bytearray()
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], None]:
+        return self.tensors, None
+
+    def discard(self) -> None:
+        self.tensors.clear()
 
 
 @dataclass
 class PushAssembler:
-    """Receiver half: feed requests in order, then `finish()` for the verified tensors.
+    """Receiver half: feed requests in order, then `finish()` for the verified push.
 
     `manifest` maps every accepted name to its shape; with `require_complete` the
     push must carry every name (the engine fuses q/k/v and gate/up, so a partial
     layer would load garbage), unless `fused_groups` (see FUSED_GROUPS) is given:
-    then a subset is accepted when every load unit it touches is whole.
+    then a subset is accepted when every load unit it touches is whole. The bytes go
+    to `sink` as they arrive (default: memory); on any failure call `discard()`.
     """
 
     manifest: Mapping[str, TensorSpec]
     max_total_bytes: int
     require_complete: bool = True
     fused_groups: tuple[tuple[str, ...], ...] | None = None
+    sink: TensorSink = field(default_factory=MemorySink)
     _begin: policy_pb2.PushBegin | None = None
-    _tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    _names: list[str] = field(default_factory=list)
     _current: str | None = None
-    _buffer: bytearray | None = None
+    _size: int = 0
     _filled: int = 0
-    _dtype: torch.dtype | None = None
-    _shape: tuple[int, ...] = ()
     _received: int = 0
     _digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
     _committed: bytes | None = None
@@ -197,21 +240,22 @@ class PushAssembler:
             raise InvalidArgument(f"chunk for {chunk.name!r} at offset {chunk.offset} continues no open tensor")
         if chunk.offset != self._filled:
             raise InvalidArgument(f"{chunk.name}: chunk at offset {chunk.offset}, expected {self._filled}")
-        assert self._buffer is not None
-        end = self._filled + len(chunk.data)
-        if end > len(self._buffer):
-            raise InvalidArgument(f"{chunk.name}: {end} bytes sent for a tensor of {len(self._buffer)} bytes")
-        self._buffer[self._filled : end] = chunk.data
-        self._filled = end
-        self._received += len(chunk.data)
+        data = chunk.data
+        end = self._filled + len(data)
+        if end > self._size:
+            raise InvalidArgument(f"{chunk.name}: {end} bytes sent for a tensor of {self._size} bytes")
+        self._received += len(data)
         if self._received > self._begin.total_bytes:  # type: ignore[union-attr]
             raise InvalidArgument(f"push sent more than the {self._begin.total_bytes} bytes it declared")  # type: ignore[union-attr]
+        self._digest.update(data)
+        self.sink.write(data)
+        self._filled = end
 
     def _open_tensor(self, chunk: common_pb2.TensorChunk) -> None:
         name = chunk.name
         if name not in self.manifest:
             raise InvalidArgument(f"unknown tensor {name!r}: not a parameter of the served model")
-        if name in self._tensors:
+        if name in self._names:
             raise InvalidArgument(f"tensor {name!r} sent twice")
         if chunk.dtype not in _TORCH_BY_WIRE:
             raise InvalidArgument(f"{name}: dtype must be FLOAT32, FLOAT16 or BFLOAT16 (got enum {chunk.dtype})")
@@ -219,23 +263,24 @@ class PushAssembler:
         expected = self.manifest[name].shape
         if shape != expected:
             raise InvalidArgument(f"{name}: shape {list(shape)} does not match the served model's {list(expected)}")
-        self._dtype = _TORCH_BY_WIRE[chunk.dtype]
-        self._shape = shape
-        self._current = name
-        self._buffer = bytearray(math.prod(shape) * torch.empty((), dtype=self._dtype).element_size())
-        self._filled = 0
+        dtype = _TORCH_BY_WIRE[chunk.dtype]
+        self._size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        self._current, self._filled = name, 0
+        _digest_header(self._digest, name, dtype, shape)
+        self.sink.open_tensor(name, dtype, shape, self._size)
+        self._names.append(name)
 
     def _close_tensor(self) -> None:
         if self._current is None:
             return
-        assert self._buffer is not None and self._dtype is not None
-        if self._filled != len(self._buffer):
-            raise InvalidArgument(f"{self._current}: got {self._filled} of {len(self._buffer)} bytes")
-        _digest_header(self._digest, self._current, self._dtype, self._shape)
-        self._digest.update(self._buffer)
-        tensor = torch.frombuffer(self._buffer, dtype=self._dtype) if self._buffer else torch.empty(0, dtype=self._dtype)
-        self._tensors[self._current] = tensor.reshape(self._shape)
-        self._current, self._buffer = None, None
+        if self._filled != self._size:
+            raise InvalidArgument(f"{self._current}: got {self._filled} of {self._size} bytes")
+        self.sink.close_tensor()
+        self._current = None
+
+    def discard(self) -> None:
+        """Drops whatever was received (a failed or abandoned push)."""
+        self.sink.discard()
 
     def finish(self) -> StagedPush:
         """Verifies completeness and the digest; raises unless the push is whole."""
@@ -243,12 +288,12 @@ class PushAssembler:
             raise InvalidArgument("empty push: no `begin` message")
         if self._committed is None:
             raise InvalidArgument("push ended before its `commit` message; nothing was applied")
-        if len(self._tensors) != self._begin.num_tensors:
-            raise InvalidArgument(f"push declared {self._begin.num_tensors} tensors but sent {len(self._tensors)}")
+        if len(self._names) != self._begin.num_tensors:
+            raise InvalidArgument(f"push declared {self._begin.num_tensors} tensors but sent {len(self._names)}")
         if self._received != self._begin.total_bytes:
             raise InvalidArgument(f"push declared {self._begin.total_bytes} bytes but sent {self._received}")
         if self.require_complete and self.fused_groups is not None:
-            missing = incomplete_units(self._tensors, self.manifest, self.fused_groups)
+            missing = incomplete_units(self._names, self.manifest, self.fused_groups)
             if missing:
                 raise InvalidArgument(
                     f"partial push misses {len(missing)} tensors of the layers it touches (first: {missing[0]}); "
@@ -256,7 +301,7 @@ class PushAssembler:
                     f"({', '.join('/'.join(g) for g in self.fused_groups)})"
                 )
         elif self.require_complete:
-            missing = sorted(set(self.manifest) - set(self._tensors))
+            missing = sorted(set(self.manifest) - set(self._names))
             if missing:
                 raise InvalidArgument(
                     f"push misses {len(missing)} of the model's tensors (first: {missing[0]}); "
@@ -265,4 +310,5 @@ class PushAssembler:
         if self._digest.digest() != self._committed:
             raise DataLoss("push checksum mismatch: the bytes received are not the bytes sent; nothing was applied")
         expected = self._begin.expected_version if self._begin.HasField("expected_version") else None
-        return StagedPush(self._tensors, self._received, self._begin.note, expected)
+        tensors, path = self.sink.finish()
+        return StagedPush(tuple(self._names), self._received, self._begin.note, expected, tensors, path)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import grpc
-import torch
 
-from rlhf.v1 import feedback_pb2, feedback_pb2_grpc, policy_pb2, policy_pb2_grpc, reward_pb2, reward_pb2_grpc
+from rlhf.v1 import feedback_pb2, feedback_pb2_grpc, reward_pb2, reward_pb2_grpc
 from services.common.client import open_channel
-from services.common.weight_stream import push_requests
-from services.trainer.clients import with_retries
+from services.trainer.clients import PolicyReplica, with_retries
+
+__all__ = ["FeedbackReader", "PolicyReplica", "RewardScorer", "is_unimplemented", "require_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -28,58 +28,6 @@ def require_loopback(address: str) -> None:
     outside = sorted(a for a in resolved if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
     if outside:
         raise ValueError(f"{address!r} resolves to {outside}: the simulator only sends traffic to loopback addresses")
-
-
-def _with_version(requests: Iterator[policy_pb2.PushWeightsRequest], version: int | None):
-    """The push stream with PushBegin.version set on its first message."""
-    for request in requests:
-        if version is not None and request.HasField("begin"):
-            request.begin.version = version
-        yield request
-
-
-class PolicyReplica:
-    """One policy server: generation, status, and the admin calls a rollout needs."""
-
-    def __init__(self, name: str, address: str, timeout_s: float = 300.0, retries: int = 3) -> None:
-        self.name, self.address = name, address
-        self.channel = open_channel(address)
-        self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
-        self.timeout_s, self.retries = timeout_s, retries
-
-    def status(self) -> policy_pb2.GetStatusResponse:
-        return with_retries(lambda: self.stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=30), f"{self.name} GetStatus", self.retries)
-
-    def generate(self, request: policy_pb2.GenerateRequest) -> policy_pb2.GenerateResponse:
-        return with_retries(lambda: self.stub.Generate(request, timeout=self.timeout_s), f"{self.name} Generate", self.retries)
-
-    def push(
-        self, tensors: Iterable[tuple[str, torch.Tensor]], version: int | None, note: str, chunk_bytes: int = 4 << 20
-    ) -> policy_pb2.PushWeightsResponse:
-        items = list(tensors)
-        try:
-            reply = with_retries(
-                lambda: self.stub.PushWeights(_with_version(push_requests(items, chunk_bytes, None, note), version), timeout=self.timeout_s),
-                f"{self.name} PushWeights", self.retries,
-            )
-        except grpc.RpcError as exc:
-            # A retry after a lost reply finds its own number taken: the first attempt applied.
-            if version is None or exc.code() != grpc.StatusCode.FAILED_PRECONDITION or self.status().weight_version != version:
-                raise
-            reply = policy_pb2.PushWeightsResponse(weight_version=version)
-        log.info("%s: pushed version %d (%s)", self.name, reply.weight_version, note)
-        return reply
-
-    def rollback(self, version: int | None, reason: str) -> policy_pb2.RollbackResponse:
-        request = policy_pb2.RollbackRequest(reason=reason[:256])
-        if version is not None:
-            request.version = version
-        reply = with_retries(lambda: self.stub.Rollback(request, timeout=self.timeout_s), f"{self.name} Rollback", self.retries)
-        log.info("%s: rolled back %d -> %d (%s)", self.name, reply.previous_version, reply.weight_version, reason)
-        return reply
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 class FeedbackReader:

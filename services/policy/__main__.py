@@ -53,6 +53,8 @@ async def serve(config: PolicyConfig) -> None:
         max_concurrent_requests=config.max_concurrent_requests,
         traffic=experience.traffic,
         history=WeightHistory(checkpoint_sources(model_dir), config.keep_versions),
+        weight_transfer=config.weight_transfer,
+        nccl_reserve_timeout_s=config.nccl_reserve_timeout_s,
     )
 
     async def startup() -> None:

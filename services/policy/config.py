@@ -8,6 +8,8 @@ from services.common.config import option
 from services.common.model_store import DEFAULT_CACHE
 from services.common.server import ServingConfig
 
+WEIGHT_TRANSFERS = ("grpc", "nccl")
+
 
 @dataclass(frozen=True)
 class PolicyConfig(ServingConfig):
@@ -38,4 +40,15 @@ class PolicyConfig(ServingConfig):
     experience_db: str = option("", "Experience store URL (sqlite:///FILE or postgresql+psycopg://...). Set: served samples are recorded there and FeedbackService is hosted on this port too. Empty: no recording.")
     record_sample_rate: float = option(1.0, "Share of requests recorded when a request leaves it to the server (RECORDING_MODE_UNSPECIFIED), in [0, 1].")
     record_disabled_tenants: tuple[str, ...] = option((), "Tenants whose traffic is never recorded (comma-separated).")
+    weight_transfer: str = option("grpc", "How weights arrive: grpc (PushWeights streams, works anywhere; the default) or nccl (GPU only: also accept pushes whose tensors come over NCCL through vLLM's weight-transfer engine; gRPC stays the control plane and PushWeights keeps working).")
+    nccl_reserve_timeout_s: float = option(120.0, "weight_transfer=nccl: how long BeginNcclPush holds the push slot for its CommitNcclPush.")
     record_buffer_size: int = option(4096, "Samples buffered for the store writer; beyond it records are dropped (rlhf_policy_records_dropped_total), never waited for.")
+
+    def __post_init__(self) -> None:
+        if self.cpu_kvcache_gib < 1 or self.cpu_kvcache_gib != int(self.cpu_kvcache_gib):
+            # vLLM reads VLLM_CPU_KVCACHE_SPACE as a whole number of GiB and crashes on "1.5"
+            raise ValueError(f"cpu_kvcache_gib must be a whole number of GiB >= 1, got {self.cpu_kvcache_gib:g}")
+        if self.weight_transfer not in WEIGHT_TRANSFERS:
+            raise ValueError(f"weight_transfer must be one of {list(WEIGHT_TRANSFERS)}, got {self.weight_transfer!r}")
+        if self.weight_transfer == "nccl" and self.device == "cpu":
+            raise ValueError("weight_transfer=nccl needs a CUDA device (NCCL); with --device=cpu use weight_transfer=grpc")

@@ -52,6 +52,16 @@ class VllmEngine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self._engine = None
+        if config.weight_transfer == "nccl" and self.device != "cuda":
+            raise RuntimeError(
+                f"weight_transfer=nccl needs CUDA, but the engine runs on {self.device!r} "
+                "(no GPU visible or --device=cpu); start with --weight-transfer=grpc"
+            )
+
+    @property
+    def transfer_workers(self) -> int:
+        """Workers that join an NCCL weight-transfer group: one per tensor-parallel rank (no data parallelism here)."""
+        return self.config.tensor_parallel_size if self.config.weight_transfer == "nccl" else 0
 
     @property
     def description(self) -> str:
@@ -81,6 +91,7 @@ class VllmEngine:
             # which is what the trainer's importance ratio needs.
             logprobs_mode="processed_logprobs",
             disable_log_stats=False,
+            **self._weight_transfer_args(),
         )
         log.info("starting vLLM engine model=%s device=%s dtype=%s", self.model_dir, self.device, self.dtype)
         self._engine = AsyncLLM.from_engine_args(args)
@@ -101,6 +112,7 @@ class VllmEngine:
             top_k=spec.top_k if spec.top_k > 0 else 0,
             seed=spec.sample_seed(sample_index),
             stop=list(spec.stop) or None,
+            ignore_eos=spec.ignore_eos,
             logprobs=0,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -119,6 +131,30 @@ class VllmEngine:
         counts = await self._engine.collective_rpc("load_staged_weights", args=(staged_file,))
         await self._engine.reset_prefix_cache()
         return int(counts[0])
+
+    def _weight_transfer_args(self) -> dict:
+        """vLLM builds its NCCL weight-transfer engine in every worker only when asked at start-up."""
+        if self.config.weight_transfer != "nccl":
+            return {}
+        from vllm.config.weight_transfer import WeightTransferConfig
+
+        return {"weight_transfer_config": WeightTransferConfig(backend="nccl")}
+
+    async def init_weight_transfer(self, init_info: dict) -> None:
+        """Joins every worker to the trainer's NCCL group (vLLM's NCCLWeightTransferInitInfo fields); blocks until the trainer joins."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self._engine.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
+
+    async def receive_weights(self, update_info: dict) -> int:
+        """Receives one NCCL broadcast round (vLLM's NCCLWeightTransferUpdateInfo fields) into the model, in place."""
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self._engine.start_weight_update()
+        await self._engine.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+        await self._engine.finish_weight_update()
+        await self._engine.reset_prefix_cache()
+        return len(update_info["names"])
 
     def shutdown(self) -> None:
         if self._engine is not None:

@@ -34,6 +34,7 @@ class SamplingSpec:
     top_k: int
     seed: int | None
     stop: tuple[str, ...]
+    ignore_eos: bool = False
 
     def sample_seed(self, index: int) -> int | None:
         """Distinct, reproducible seed per sample when the request gave one."""
@@ -58,7 +59,7 @@ def parse_sampling(params: policy_pb2.SamplingParams, limits: Limits) -> Samplin
     require(len(params.stop) <= MAX_STOP_STRINGS, f"at most {MAX_STOP_STRINGS} stop strings, got {len(params.stop)}")
     require(all(0 < len(s) <= 256 for s in params.stop), "stop strings must be 1 to 256 characters")
     seed = params.seed if params.HasField("seed") else None
-    return SamplingSpec(n, max_tokens, temperature, top_p, params.top_k, seed, tuple(params.stop))
+    return SamplingSpec(n, max_tokens, temperature, top_p, params.top_k, seed, tuple(params.stop), params.ignore_eos)
 
 
 def check_request_id(request_id: str) -> None:

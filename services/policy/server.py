@@ -18,10 +18,11 @@ from services.common.weight_stream import PushAssembler, TensorSpec
 from services.experience.traffic import TrafficRecorder
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
+from services.policy.nccl_push import Reservation, ReservationSlot, check_init, check_tensors
 from services.policy.sampling import Limits, SamplingSpec, check_prompt_count, check_request_id, check_token_ids, parse_sampling
 from services.policy.version_gate import VersionGate
 from services.policy.weight_history import UnknownVersion, WeightHistory, write_restore_file
-from services.policy.weight_staging import write_staged
+from services.policy.weight_staging import SafetensorsFileSink, write_staged
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         fused_groups: tuple[tuple[str, ...], ...] | None = None,
         traffic: TrafficRecorder | None = None,
         history: WeightHistory | None = None,
+        weight_transfer: str = "grpc",
+        nccl_reserve_timeout_s: float = 120.0,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -62,6 +65,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.history = history  # restorable versions for Rollback; None: rollback unsupported
         self.state = policy_pb2.ENGINE_STATE_STARTING
         self._push_lock = asyncio.Lock()
+        self.weight_transfer = weight_transfer  # "nccl": the NCCL control RPCs are served too
+        self._nccl_ready = False  # InitWeightTransfer has joined a group
+        self._nccl_slot = ReservationSlot(self._push_lock, nccl_reserve_timeout_s)
         self._in_flight: set[str] = set()
         self._admitted = 0
         self.max_concurrent_requests = max_concurrent_requests
@@ -250,7 +256,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def PushWeights(self, request_iterator, context: grpc.aio.ServicerContext):
         self._check_started()
         started = time.perf_counter()
-        assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups)
+        sink = SafetensorsFileSink(self.staging, self.manifest)  # bytes go straight to the staging file
+        assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups, sink=sink)
         requested_version = None
         try:
             async for request in request_iterator:
@@ -258,24 +265,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 if request.HasField("begin") and request.begin.HasField("version"):
                     requested_version = request.begin.version
             staged = assembler.finish()
-        except Exception:
-            metrics.PUSHES.labels("rejected").inc()
+        except BaseException as exc:  # rejected, cut off or cancelled: nothing of it stays
+            assembler.discard()
+            if isinstance(exc, Exception):
+                metrics.PUSHES.labels("rejected").inc()
             raise
         received = time.perf_counter() - started
         metrics.PUSH_SECONDS.labels("receive").observe(received)
         async with self._push_lock:
             current = self.gate.version
-            if staged.expected_version is not None and staged.expected_version != current:
-                metrics.PUSHES.labels("rejected").inc()
-                raise FailedPrecondition(
-                    f"push expected version {staged.expected_version} but {current} is serving; nothing was applied"
-                )
-            if requested_version is not None and requested_version <= self.gate.highest:
-                metrics.PUSHES.labels("rejected").inc()
-                raise FailedPrecondition(
-                    f"push asks to serve as version {requested_version}, but this server has applied up to "
-                    f"{self.gate.highest} and never reuses a number; nothing was applied"
-                )
+            try:
+                self._check_version_guards(staged.expected_version, requested_version)
+            except Exception:
+                assembler.discard()
+                raise
             path = await asyncio.get_running_loop().run_in_executor(None, write_staged, staged, self.staging)
             apply_started = time.perf_counter()
             retained = False
@@ -293,7 +296,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                     self._set_state(policy_pb2.ENGINE_STATE_SERVING)
                 if self.history is not None:
                     retained = True
-                    _remove(self.history.record_push(version, staged.note, path, list(staged.tensors)))
+                    _remove(self.history.record_push(version, staged.note, path, list(staged.names)))
             finally:
                 if not retained:
                     path.unlink(missing_ok=True)
@@ -304,14 +307,126 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         metrics.WEIGHT_VERSION.set(version)
         log.info(
             "weights applied version=%d tensors=%d bytes=%d receive_s=%.2f apply_s=%.2f note=%r",
-            version, len(staged.tensors), staged.total_bytes, received, applied, staged.note,
+            version, len(staged.names), staged.total_bytes, received, applied, staged.note,
         )
         return policy_pb2.PushWeightsResponse(
             weight_version=version,
             previous_version=current,
-            num_tensors=len(staged.tensors),
+            num_tensors=len(staged.names),
             total_bytes=staged.total_bytes,
             receive_seconds=received,
+            apply_seconds=applied,
+        )
+
+    def _check_version_guards(self, expected_version: int | None, requested_version: int | None) -> None:
+        """The push's PushBegin guards against the version serving now; call with the push lock held."""
+        current = self.gate.version
+        if expected_version is not None and expected_version != current:
+            metrics.PUSHES.labels("rejected").inc()
+            raise FailedPrecondition(f"push expected version {expected_version} but {current} is serving; nothing was applied")
+        if requested_version is not None and requested_version <= self.gate.highest:
+            metrics.PUSHES.labels("rejected").inc()
+            raise FailedPrecondition(
+                f"push asks to serve as version {requested_version}, but this server has applied up to "
+                f"{self.gate.highest} and never reuses a number; nothing was applied"
+            )
+
+    # ---- weights over NCCL (weight_transfer=nccl) ------------------------------
+
+    def _check_nccl(self) -> None:
+        if self.weight_transfer != "nccl":
+            raise FailedPrecondition(
+                "this policy server takes weights over gRPC only (weight_transfer=grpc); use PushWeights, "
+                "or restart it with --weight-transfer=nccl on a GPU"
+            )
+        self._check_started()
+
+    async def InitWeightTransfer(self, request: policy_pb2.InitWeightTransferRequest, context: grpc.aio.ServicerContext):
+        self._check_nccl()
+        workers = self.engine.transfer_workers
+        init_info = check_init(request, workers)
+        async with self._push_lock:  # no push may use the group while it is being (re)built
+            self._nccl_ready = False
+            try:
+                await self.engine.init_weight_transfer(init_info)
+            except Exception as exc:
+                log.exception("joining the NCCL weight-transfer group failed")
+                raise Unavailable(f"joining the NCCL group at {request.master_address}:{request.master_port} failed ({exc})") from exc
+            self._nccl_ready = True
+        log.info("joined NCCL weight-transfer group %s:%d as ranks %d..%d of %d",
+                 request.master_address, request.master_port, request.rank_offset,
+                 request.rank_offset + workers - 1, request.world_size)
+        return policy_pb2.InitWeightTransferResponse(workers=workers)
+
+    async def BeginNcclPush(self, request: policy_pb2.BeginNcclPushRequest, context: grpc.aio.ServicerContext):
+        self._check_nccl()
+        try:
+            update_info = check_tensors(request, self.manifest, self.max_push_bytes, self.fused_groups)
+        except Exception:
+            metrics.PUSHES.labels("rejected").inc()
+            raise
+        begin = request.begin
+        await self._push_lock.acquire()
+        try:
+            if not self._nccl_ready:
+                raise FailedPrecondition("no NCCL weight-transfer group yet: call InitWeightTransfer first")
+            expected = begin.expected_version if begin.HasField("expected_version") else None
+            requested = begin.version if begin.HasField("version") else None
+            self._check_version_guards(expected, requested)
+            reservation = Reservation(update_info, begin.note, expected, requested, int(begin.total_bytes))
+            self._nccl_slot.hold(reservation)
+        except BaseException:
+            self._push_lock.release()
+            raise
+        return policy_pb2.BeginNcclPushResponse(
+            push_id=reservation.push_id, serving_version=self.gate.version, reserved_seconds=self._nccl_slot.timeout_s
+        )
+
+    async def CommitNcclPush(self, request: policy_pb2.CommitNcclPushRequest, context: grpc.aio.ServicerContext):
+        reservation = self._nccl_slot.take(request.push_id)
+        # Shielded: a trainer that hangs up mid-receive must not cut the swap's bookkeeping short
+        # while the workers are still loading; the slot is released when the commit really ends.
+        return await asyncio.shield(asyncio.ensure_future(self._commit_and_release(reservation)))
+
+    async def _commit_and_release(self, reservation: Reservation) -> policy_pb2.PushWeightsResponse:
+        try:
+            return await self._commit_nccl(reservation)
+        finally:
+            self._nccl_slot.release(reservation.push_id)
+
+    async def _commit_nccl(self, reservation: Reservation) -> policy_pb2.PushWeightsResponse:
+        """Same swap as PushWeights, with vLLM's NCCL receive as the load; runs holding the push lock."""
+        current = self.gate.version
+        started = time.perf_counter()
+        async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
+            self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
+            try:
+                count = await self.engine.receive_weights(reservation.update_info)
+            except Exception as exc:
+                self._set_state(policy_pb2.ENGINE_STATE_FAILED)
+                self._nccl_ready = False  # a broken broadcast leaves the group unusable: InitWeightTransfer again
+                metrics.PUSHES.labels("failed").inc()
+                log.exception("NCCL weight receive failed; engine marked FAILED")
+                raise Unavailable(
+                    f"receiving the weights over NCCL failed ({exc}); call InitWeightTransfer and push again, or roll back"
+                ) from exc
+            version = self.gate.advance(reservation.note, reservation.requested_version)
+            self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+        if self.history is not None:
+            _remove(self.history.record_unretained(version, reservation.note))
+        applied = time.perf_counter() - started
+        metrics.PUSH_SECONDS.labels("apply").observe(applied)
+        metrics.PUSH_BYTES.inc(reservation.total_bytes)
+        metrics.PUSHES.labels("applied").inc()
+        metrics.WEIGHT_VERSION.set(version)
+        log.info("weights applied over NCCL version=%d tensors=%d bytes=%d apply_s=%.2f note=%r",
+                 version, count, reservation.total_bytes, applied, reservation.note)
+        return policy_pb2.PushWeightsResponse(
+            weight_version=version,
+            previous_version=current,
+            num_tensors=count,
+            total_bytes=reservation.total_bytes,
+            receive_seconds=0.0,
             apply_seconds=applied,
         )
 
@@ -382,6 +497,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 for v in (self.history.restorable() if self.history is not None else [])
             ],
             highest_version=self.gate.highest,
+            weight_transfer=self.weight_transfer,
+            transfer_workers=self.engine.transfer_workers if self.weight_transfer == "nccl" else 0,
         )
 
 

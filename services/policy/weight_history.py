@@ -75,6 +75,10 @@ class WeightHistory:
             target = self._retained[version]
         else:
             raise UnknownVersion(version)
+        if not target.sources:  # pushed over NCCL: its bytes are nowhere on this server
+            if version == self.current.version and not full:
+                return {}
+            raise UnknownVersion(version)
         if full:
             return dict(target.sources)
         return {name: path for name, path in target.sources.items() if self.current.sources.get(name) != path}
@@ -84,6 +88,13 @@ class WeightHistory:
         sources = {**self.current.sources, **dict.fromkeys(names, path)}
         self._retire_current()
         self.current = RetainedVersion(version, note, time.time(), sources)
+        return self._trim()
+
+    def record_unretained(self, version: int, note: str) -> list[Path]:
+        """`version` serves from tensors this server never held (an NCCL push): it cannot be restored later,
+        and restoring an earlier version reloads all of that version's tensors. Returns files no longer needed."""
+        self._retire_current()
+        self.current = RetainedVersion(version, note, time.time(), {})
         return self._trim()
 
     def record_restore(self, version: int) -> list[Path]:
@@ -97,6 +108,8 @@ class WeightHistory:
 
     def _retire_current(self) -> None:
         self._retained.pop(self.current.version, None)
+        if not self.current.sources:  # unretained (NCCL) versions are never restorable
+            return
         self._retained[self.current.version] = self.current
 
     def _trim(self) -> list[Path]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 import uuid
 from pathlib import Path
+
+import torch
 
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -38,7 +42,64 @@ def staging_dir(configured: str) -> Path:
 
 
 def write_staged(push: StagedPush, directory: Path) -> Path:
-    """Writes the verified tensors as one safetensors file the engine workers read."""
+    """The staged file of a push: the one its file sink wrote, or one written now from its tensors."""
+    if push.path is not None:
+        return push.path
     path = directory / f"push-{uuid.uuid4().hex}.safetensors"
     save_file(push.tensors, str(path))
     return path
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+_ALIGN = 64
+
+
+class SafetensorsFileSink:
+    """Writes a push straight into a safetensors file in the staging directory as chunks arrive.
+
+    The header (names and offsets) is only known at the end, so room for the largest
+    header the manifest allows is reserved up front and filled with the real header,
+    padded with spaces (which the format allows), when the push is whole. Compared
+    with assembling tensors in memory and saving them afterwards this writes the bytes
+    once, into page cache (tmpfs), instead of twice, once into fresh process memory.
+    """
+
+    def __init__(self, directory: Path, manifest: dict[str, TensorSpec]) -> None:
+        self.path = directory / f"push-{uuid.uuid4().hex}.safetensors"
+        self._room = _header_room(manifest)
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        self._file.seek(8 + self._room)
+        self._entries: dict[str, dict] = {}
+        self._offset = 0
+        self._current: str | None = None
+
+    def open_tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> None:
+        self._entries[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [self._offset, self._offset + nbytes]}
+        self._current = name
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def close_tensor(self) -> None:
+        self._offset = self._entries[self._current]["data_offsets"][1]
+
+    def finish(self) -> tuple[dict, Path]:
+        header = json.dumps(self._entries, separators=(",", ":")).encode()
+        if len(header) > self._room:  # cannot happen for names the manifest allows; checked anyway
+            raise RuntimeError(f"safetensors header of {len(header)} bytes exceeds the {self._room} reserved")
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", self._room) + header + b" " * (self._room - len(header)))
+        self._file.close()
+        return {}, self.path
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _header_room(manifest: dict[str, TensorSpec]) -> int:
+    """Bytes enough for the header of any push of manifest tensors, so that the data starts aligned."""
+    entries = {name: {"dtype": "BF16", "shape": list(spec.shape), "data_offsets": [2**63, 2**63]} for name, spec in manifest.items()}
+    size = len(json.dumps(entries, separators=(",", ":")).encode()) + 64
+    return size + (-(8 + size)) % _ALIGN

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,7 +29,9 @@ COMMANDS = {
 
 def _train(argv: list[str]) -> None:
     from services.trainer.config import TrainerConfig
+    from services.trainer.distributed import world_from_env
     from services.trainer.loop import Trainer
+    from services.trainer.sharded import follow
 
     config = load_config(TrainerConfig, _resume_flag(argv), env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
     try:
@@ -36,9 +39,14 @@ def _train(argv: list[str]) -> None:
     except ValueError as exc:
         raise SystemExit(f"rlhf-trainer train: error: {exc}") from None
     setup_logging(config.log_level)
+    if world_from_env().rank > 0:  # torchrun: ranks other than 0 only serve rank 0's learner calls
+        follow(config)
+        return
     log.info("trainer config:\n%s", describe(config))
     serve_metrics("0.0.0.0", config.metrics_port)
     trainer = Trainer(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, write the summary, exit 0
+        signal.signal(sig, lambda *_: trainer.request_stop())
     try:
         summary = trainer.run()
     finally:

@@ -1,77 +1,326 @@
-"""gRPC clients for the trainer: the only way it reaches the policy and reward services."""
+"""gRPC clients for the trainer: the only way it reaches the policy and reward services.
+
+Both services may run as several replicas (comma-separated addresses, or
+`dns:///name:port` for every address a name resolves to). Generation is split over
+every policy replica in rotation, and each new weight version goes to all of them
+in parallel under one explicit version number, so a sample's `weight_version` names
+the same weights whichever replica made it. A replica that misses a push (down,
+restarted, timed out) leaves the rotation and is brought back with a full push of
+the current weights; one that someone else pushed to or rolled back is left out
+(never overwritten). Reward calls go round-robin with failover; a reward replica
+whose model lags another's is left out until it catches up.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
-import time
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import grpc
 import torch
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc, reward_pb2, reward_pb2_grpc
 from services.common.client import open_channel
+from services.common.replica_pool import ReplicaPool, ReplicasUnavailable, split_addresses, with_retries
 from services.common.weight_stream import push_requests
+from services.trainer import metrics
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+__all__ = ["PolicyClient", "PolicyReplica", "ReplicasUnavailable", "RewardClient", "with_retries"]
 
-
-def with_retries(call: Callable[[], T], what: str, retries: int) -> T:
-    """Retries transient failures with exponential backoff and jitter (bounded)."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if exc.code() not in _RETRYABLE or attempt == retries:
-                raise
-            delay = min(30.0, 2.0**attempt) * (0.5 + random.random())
-            log.warning("%s failed with %s (%s); retry %d/%d in %.1f s", what, exc.code().name, exc.details(), attempt + 1, retries, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+PROBE_TIMEOUT_S = 5.0
+FullWeights = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 
 
-class PolicyClient:
-    def __init__(self, address: str, timeout_s: float, retries: int) -> None:
+def _with_version(requests: Iterator[policy_pb2.PushWeightsRequest], version: int | None):
+    """The push stream with PushBegin.version set on its first message."""
+    for request in requests:
+        if version is not None and request.HasField("begin"):
+            request.begin.version = version
+        yield request
+
+
+class PolicyReplica:
+    """One policy server: generation, status, and the admin calls a push or rollout needs."""
+
+    def __init__(self, name: str, address: str, timeout_s: float = 300.0, retries: int = 3) -> None:
+        self.name, self.address = name, address
         self.channel = open_channel(address)
         self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self.timeout_s, self.retries = timeout_s, retries
+        self.in_rotation, self.reason = True, ""
+        self.version: int | None = None  # the version this replica is known to serve
+        self.highest = 0  # highest version it is known to have applied
 
-    def status(self) -> policy_pb2.GetStatusResponse:
-        return with_retries(lambda: self.stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=30), "GetStatus", self.retries)
+    def status(self, retries: int | None = None, timeout_s: float = 30.0) -> policy_pb2.GetStatusResponse:
+        reply = with_retries(
+            lambda: self.stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=timeout_s),
+            f"{self.name} GetStatus", self.retries if retries is None else retries,
+        )
+        self.version, self.highest = reply.weight_version, reply.highest_version
+        return reply
 
     def generate(self, request: policy_pb2.GenerateRequest) -> policy_pb2.GenerateResponse:
-        return with_retries(lambda: self.stub.Generate(request, timeout=self.timeout_s), "Generate", self.retries)
+        return with_retries(lambda: self.stub.Generate(request, timeout=self.timeout_s), f"{self.name} Generate", self.retries)
+
+    def push(
+        self,
+        tensors: Iterable[tuple[str, torch.Tensor]],
+        version: int | None,
+        note: str,
+        chunk_bytes: int = 4 << 20,
+        expected_version: int | None = None,
+        retries: int | None = None,
+    ) -> policy_pb2.PushWeightsResponse:
+        items = list(tensors)
+        try:
+            reply = with_retries(
+                lambda: self.stub.PushWeights(
+                    _with_version(push_requests(items, chunk_bytes, expected_version, note), version), timeout=self.timeout_s
+                ),
+                f"{self.name} PushWeights", self.retries if retries is None else retries,
+            )
+        except grpc.RpcError as exc:
+            # A retry after a lost reply finds its own number taken: the first attempt applied.
+            if version is None or exc.code() != grpc.StatusCode.FAILED_PRECONDITION or self.status().weight_version != version:
+                raise
+            reply = policy_pb2.PushWeightsResponse(weight_version=version)
+        self.version, self.highest = reply.weight_version, max(self.highest, reply.weight_version)
+        log.info("%s: pushed version %d (%s)", self.name, reply.weight_version, note)
+        return reply
+
+    def rollback(self, version: int | None, reason: str) -> policy_pb2.RollbackResponse:
+        request = policy_pb2.RollbackRequest(reason=reason[:256])
+        if version is not None:
+            request.version = version
+        reply = with_retries(lambda: self.stub.Rollback(request, timeout=self.timeout_s), f"{self.name} Rollback", self.retries)
+        log.info("%s: rolled back %d -> %d (%s)", self.name, reply.previous_version, reply.weight_version, reason)
+        return reply
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class PolicyClient:
+    """Every policy replica the trainer drives, kept at one weight version."""
+
+    def __init__(self, address: str | Iterable[str], timeout_s: float, retries: int, wait_s: float = 300.0) -> None:
+        addresses = split_addresses(address)
+        named = len(addresses) > 1
+        self.replicas = [PolicyReplica(f"policy[{i}]" if named else "policy", a, timeout_s, retries) for i, a in enumerate(addresses)]
+        self.pool = ReplicaPool("policy", self.replicas, wait_s, self.recover)
+        self.retries = retries
+        self.version = 0  # the version every replica in rotation serves
+        self.full_weights: FullWeights | None = None  # set by the trainer: what a catch-up push sends
+        self.chunk_bytes = 4 << 20
+        self.consistent = True  # whether every replica served the same version when status() last looked
+        self._lock = threading.RLock()  # pushes and catch-ups, one at a time; held by the trainer while it updates
+
+    @property
+    def exclusive(self) -> threading.RLock:
+        """Hold while changing the weights `full_weights` reads, so no catch-up sends a half-updated model."""
+        return self._lock
+
+    # ---- status ---------------------------------------------------------------
+
+    def status(self) -> policy_pb2.GetStatusResponse:
+        """Every reachable replica's status; they must serve the same model. Unreachable ones leave the rotation."""
+        statuses = []
+        for replica in self.replicas:
+            try:
+                statuses.append(replica.status())
+            except grpc.RpcError as exc:
+                if len(self.replicas) == 1:
+                    raise
+                self.pool.take_out(replica, f"GetStatus: {exc.code().name} ({exc.details()})")
+        if not statuses:
+            raise ReplicasUnavailable(f"no policy replica answered GetStatus: {self.lagging()}")
+        models = {s.model for s in statuses}
+        if len(models) > 1:
+            raise ValueError(f"policy replicas serve different models: {sorted(models)}")
+        versions = {s.weight_version for s in statuses}
+        self.consistent = len(versions) == 1
+        self.version = max(versions)
+        reply = policy_pb2.GetStatusResponse()
+        reply.CopyFrom(statuses[0])
+        reply.weight_version = self.version
+        self._export()
+        return reply
+
+    def lagging(self) -> list[str]:
+        return [f"{r.name} ({r.reason})" for r in self.replicas if not r.in_rotation]
+
+    def _export(self) -> None:
+        metrics.REPLICAS_IN_ROTATION.labels("policy").set(len(self.pool.live()))
+        for replica in self.replicas:
+            metrics.REPLICA_VERSION_LAG.labels(replica.address).set(self.version - (replica.version or 0))
+
+    # ---- generation -----------------------------------------------------------
+
+    def generate(self, request: policy_pb2.GenerateRequest) -> policy_pb2.GenerateResponse:
+        """Splits the prompts over the replicas in rotation; results come back in request order."""
+        shards = max(1, min(len(self.pool.live()) or 1, len(request.prompts)))
+        if shards == 1:
+            return self.pool.call(lambda r: r.stub.Generate(request, timeout=r.timeout_s), "Generate")
+        bounds = [len(request.prompts) * i // shards for i in range(shards + 1)]
+        parts = []
+        for i in range(shards):
+            part = policy_pb2.GenerateRequest()
+            part.CopyFrom(request)
+            del part.prompts[:]
+            part.prompts.extend(request.prompts[bounds[i] : bounds[i + 1]])
+            part.request_id = f"{request.request_id}-part{i}" if request.request_id else ""
+            parts.append(part)
+        with ThreadPoolExecutor(shards, thread_name_prefix="generate") as workers:
+            replies = list(workers.map(
+                lambda ip: self.pool.call(lambda r: r.stub.Generate(ip[1], timeout=r.timeout_s), "Generate", prefer=ip[0]),
+                enumerate(parts),
+            ))
+        merged = policy_pb2.GenerateResponse()
+        for reply in replies:
+            merged.results.extend(reply.results)
+        return merged
+
+    # ---- pushes -----------------------------------------------------------------
 
     def push(
         self, tensors: Iterable[tuple[str, torch.Tensor]], chunk_bytes: int, expected_version: int | None, note: str
     ) -> policy_pb2.PushWeightsResponse:
-        items = list(tensors)
-        return with_retries(
-            lambda: self.stub.PushWeights(
-                push_requests(items, chunk_bytes, expected_version, note), timeout=self.timeout_s
-            ),
-            "PushWeights",
-            self.retries,
-        )
+        """Pushes a new version to every replica in rotation in parallel, then catches up the rest."""
+        with self._lock:
+            items = list(tensors)
+            self.chunk_bytes = chunk_bytes
+            if expected_version is not None and expected_version != self.version:
+                raise ValueError(f"push expected version {expected_version}, replicas serve {self.version}")
+            target = max([self.version] + [r.highest for r in self.replicas]) + 1
+            live = self.pool.live()
+            accepted: list[policy_pb2.PushWeightsResponse] = []
+            with ThreadPoolExecutor(max(1, len(live)), thread_name_prefix="push") as workers:
+                futures = [
+                    (r, workers.submit(r.push, items, target, note, chunk_bytes, r.version, self.retries)) for r in live
+                ]
+                for replica, future in futures:
+                    try:
+                        accepted.append(future.result())
+                    except grpc.RpcError as exc:
+                        self.pool.take_out(replica, f"missed push of version {target}: {exc.code().name} ({exc.details()})")
+            self.version = target
+            if not accepted:  # nobody took the changed tensors: the first one back gets all of them
+                self._wait_for_catch_up(note)
+            self.recover()
+            self._export()
+            reply = accepted[0] if accepted else policy_pb2.PushWeightsResponse(weight_version=target)
+            return reply
+
+    def _wait_for_catch_up(self, note: str) -> None:
+        def check(replica: PolicyReplica) -> None:
+            if replica.version != self.version:
+                raise _NotYet()
+
+        self.pool.call(check, f"push of version {self.version} ({note})")
+
+    def recover(self) -> None:
+        """Brings replicas out of rotation back: re-admits those at the current version, catches up the ones behind."""
+        with self._lock:
+            for replica in self.replicas:
+                if replica.in_rotation:
+                    continue
+                try:
+                    status = replica.status(retries=0, timeout_s=PROBE_TIMEOUT_S)
+                except grpc.RpcError:
+                    continue  # still down
+                if status.state == policy_pb2.ENGINE_STATE_FAILED:
+                    continue
+                if status.weight_version == self.version:
+                    self.pool.put_back(replica)
+                elif status.highest_version >= self.version:
+                    replica.reason = (f"diverged: serves version {status.weight_version} (highest {status.highest_version}) "
+                                      f"while the trainer is at {self.version}; not overwriting another writer's weights")
+                    log.error("%s: %s", replica.name, replica.reason)
+                elif self.full_weights is None:
+                    replica.reason = f"behind at version {status.weight_version}; no weights to catch it up with"
+                else:
+                    try:
+                        replica.push(self.full_weights(), self.version, f"catch-up to version {self.version}",
+                                     self.chunk_bytes, status.weight_version, retries=0)
+                    except grpc.RpcError as exc:
+                        replica.reason = f"catch-up failed: {exc.code().name} ({exc.details()})"
+                        continue
+                    log.info("%s caught up from version %d to %d with a full push", replica.name, status.weight_version, self.version)
+                    self.pool.put_back(replica)
+            self._export()
 
     def close(self) -> None:
-        self.channel.close()
+        for replica in self.replicas:
+            replica.close()
+
+
+class _NotYet(grpc.RpcError):
+    """A replica not serving the current version yet (counts as UNAVAILABLE for the pool)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "not at the current version yet"
+
+
+@dataclass
+class RewardReplica:
+    name: str
+    address: str
+    channel: grpc.Channel
+    stub: reward_pb2_grpc.RewardServiceStub
+    in_rotation: bool = True
+    reason: str = ""
+    latest: dict[str, str] = field(default_factory=dict)  # model -> latest version, as last listed
 
 
 class RewardClient:
-    def __init__(self, address: str, timeout_s: float, retries: int) -> None:
-        self.channel = open_channel(address)
-        self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
+    """Reward replicas behind round-robin with failover; lagging model versions leave the rotation."""
+
+    def __init__(self, address: str | Iterable[str], timeout_s: float, retries: int, wait_s: float = 300.0) -> None:
+        addresses = split_addresses(address)
+        named = len(addresses) > 1
+        self.replicas = []
+        for i, a in enumerate(addresses):
+            channel = open_channel(a)
+            self.replicas.append(RewardReplica(f"reward[{i}]" if named else "reward", a, channel, reward_pb2_grpc.RewardServiceStub(channel)))
+        self.pool = ReplicaPool("reward", self.replicas, wait_s, self.recover)
         self.timeout_s, self.retries = timeout_s, retries
+        self.models: tuple[str, ...] = ()  # models whose versions must agree across replicas (set by the trainer)
 
     def score(self, model: str, items: list[reward_pb2.ScoreItem]) -> reward_pb2.ScoreResponse:
         request = reward_pb2.ScoreRequest(model=model, items=items)
-        return with_retries(lambda: self.stub.Score(request, timeout=self.timeout_s), "Score", self.retries)
+        return self.pool.call(lambda r: r.stub.Score(request, timeout=self.timeout_s), f"Score({model})")
+
+    def recover(self) -> None:
+        """Lists every replica's models; out of rotation: unreachable ones and those behind another replica."""
+        listed: dict[str, reward_pb2.ListModelsResponse] = {}
+        for replica in self.replicas:
+            try:
+                listed[replica.name] = replica.stub.ListModels(reward_pb2.ListModelsRequest(), timeout=PROBE_TIMEOUT_S)
+            except grpc.RpcError as exc:
+                self.pool.take_out(replica, f"ListModels: {exc.code().name}")
+        older: dict[str, set[str]] = {}  # model -> versions some replica has replaced with a newer one
+        for reply in listed.values():
+            for info in reply.models:
+                older.setdefault(info.name, set()).update(info.loaded_versions[:-1])
+        for replica in self.replicas:
+            if replica.name not in listed:
+                continue
+            replica.latest = {info.name: info.version for info in listed[replica.name].models}
+            behind = [f"{m}@{replica.latest[m]}" for m in self.models if replica.latest.get(m) in older.get(m, set())]
+            if behind:
+                self.pool.take_out(replica, f"serves older reward model versions: {', '.join(behind)}")
+            else:
+                self.pool.put_back(replica)
+        metrics.REPLICAS_IN_ROTATION.labels("reward").set(len(self.pool.live()))
 
     def close(self) -> None:
-        self.channel.close()
+        for replica in self.replicas:
+            replica.channel.close()

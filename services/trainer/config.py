@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from services.common.config import option
 from services.common.model_store import DEFAULT_CACHE
 from services.trainer.advantages import ALGORITHMS
+from services.trainer.distributed import BACKENDS, check_supported, world_from_env
 from services.trainer.losses import KL_ESTIMATORS
 from services.trainer.rewards import COMBINES, NORMALIZERS
 
@@ -19,8 +20,10 @@ class TrainerConfig:
     """Train the served policy with RL against the reward service, pushing weights every step."""
 
     # services and data
-    policy_address: str = option("127.0.0.1:50051", "host:port of the policy service.")
-    reward_address: str = option("127.0.0.1:50052", "host:port of the reward service.")
+    policy_address: str = option(
+        "127.0.0.1:50051", "host:port of the policy service; replicas comma-separated, or dns:///name:port for every address of a name."
+    )
+    reward_address: str = option("127.0.0.1:50052", "host:port of the reward service; replicas as for policy_address.")
     model: str = option("", "Checkpoint the policy service started from (same weights). Empty: SmolLM2-135M-Instruct from the model cache.")
     model_cache: str = option(str(DEFAULT_CACHE), "Where packaged models are converted to on first use.")
     prompts_file: str = option("data/book_reviews.jsonl", "JSONL with {prompt, reference} per line.")
@@ -73,12 +76,19 @@ class TrainerConfig:
     push_scope: str = option("full", "full: every tensor; changed: only the tensors training changes, completed to whole fused units (the policy must know the model type).")
     push_dtype: str = option("float32", "dtype of pushed weights (float32, bfloat16, float16).")
     push_chunk_mb: float = option(4.0, "Weight-push chunk size, MiB.")
+    weight_transfer: str = option("grpc", "How pushes move the weights: grpc (streamed over gRPC; works anywhere, the default) or nccl (GPU data path through vLLM's NCCL weight-transfer engine, gRPC stays the control plane; needs CUDA here, a policy started with --weight-transfer=nccl and one policy address; falls back to grpc when the policy takes gRPC only).")
+    nccl_master_address: str = option("", "weight_transfer=nccl: address of this trainer the policy's host can reach for the NCCL rendezvous. Empty: this host's address as its hostname resolves.")
+    nccl_master_port: int = option(29600, "weight_transfer=nccl: TCP port of the NCCL rendezvous on this trainer.")
     # run
     seed: int = option(0, "Seed for prompt order, sampling seeds and torch.")
     device: str = option("cpu", "Torch device for training (cpu, cuda).")
+    dist_backend: str = option("auto", "torch.distributed backend under torchrun: gloo, nccl, auto (nccl on cuda, gloo otherwise).")
     checkpoint_every: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
     rpc_timeout_s: float = option(600.0, "Deadline for each Generate/Score/PushWeights call.")
-    rpc_retries: int = option(3, "Retries (with backoff) on UNAVAILABLE before giving up.")
+    rpc_retries: int = option(3, "Retries (with backoff) on UNAVAILABLE before a replica leaves the rotation.")
+    replica_wait_s: float = option(
+        300.0, "How long a call waits, retrying with backoff and jitter, for a policy or reward replica to come back before the run fails."
+    )
     metrics_port: int = option(0, "Prometheus /metrics HTTP port (0 disables it).")
     log_level: str = option("INFO", "Python logging level.")
 
@@ -103,6 +113,8 @@ class TrainerConfig:
             "reward_normalize": (self.reward_normalize, NORMALIZERS),
             "lr_schedule": (self.lr_schedule, ("constant", "cosine")),
             "push_scope": (self.push_scope, PUSH_SCOPES),
+            "weight_transfer": (self.weight_transfer, ("grpc", "nccl")),
+            "dist_backend": (self.dist_backend, BACKENDS),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -119,3 +131,6 @@ class TrainerConfig:
             raise ValueError("push_scope=changed needs LoRA (lora_rank > 0): full fine-tuning changes every tensor")
         if self.tis_cap < 0 or self.kl_coef < 0 or self.entropy_coef < 0:
             raise ValueError("tis_cap, kl_coef and entropy_coef must be >= 0")
+        world = world_from_env()
+        if world.is_distributed:  # under torchrun: only what the sharded learner implements
+            check_supported(self.lora_rank, self.algorithm, self.resume, self.prompts_per_step * self.samples_per_prompt, world.size)

@@ -102,7 +102,7 @@ class Evaluator:
         started = time.perf_counter()
         settings = SamplingSettings(c.samples_per_prompt, c.max_tokens, c.temperature, 1.0, c.apply_chat_template, c.seed)
         scores: dict[str, list[torch.Tensor]] = {name: [] for name in c.reward_models}
-        texts, references, versions, kl_k1, kl_k3, kl_seq, lengths = [], [], set(), [], [], [], []
+        texts, references, versions, kl_k1, kl_k3, lengths = [], [], set(), [], [], []
         for index, start in enumerate(range(0, len(self.rows), PROMPTS_PER_REQUEST)):
             rows = self.rows[start : start + PROMPTS_PER_REQUEST]
             response = generate(self.policy, rows, settings, index, "evaluate")

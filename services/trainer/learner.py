@@ -119,10 +119,15 @@ class Learner:
     # ---- the update --------------------------------------------------------------
 
     def update(
-        self, rollout: Rollout, prepared: Prepared, advantages: torch.Tensor, returns: torch.Tensor | None, kl_coef: float
+        self, rollout: Rollout, prepared: Prepared, advantages: torch.Tensor, returns: torch.Tensor | None, kl_coef: float,
+        total_tokens: float | None = None,
     ) -> dict:
-        """`ppo_epochs` optimizer steps on the rollout; returns token-weighted means of the first epoch."""
-        total = float(rollout.mask.sum().clamp(min=1.0))
+        """`ppo_epochs` optimizer steps on the rollout; returns token-weighted means of the first epoch.
+
+        `total_tokens`: the denominator of every mean when `rollout` is one rank's slice of a
+        larger batch (default: this rollout's completion tokens).
+        """
+        total = total_tokens if total_tokens is not None else float(rollout.mask.sum().clamp(min=1.0))
         epochs: list[dict[str, float]] = []
         for _ in range(self.config.ppo_epochs):
             sums: dict[str, float] = defaultdict(float)
@@ -201,13 +206,17 @@ class Learner:
         """Clips, steps policy (and critic); returns the policy's gradient norm before clipping."""
         grad_norm = 0.0
         if self.config.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor when sharded
             if self.critic is not None:
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         if self.critic_optimizer is not None:
             self.critic_optimizer.step()
         return grad_norm
+
+    def close(self) -> None:
+        """Nothing to release in one process (the sharded learner leaves its process group)."""
 
     # ---- weights out, checkpoints ------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -30,7 +31,7 @@ from services.trainer.clients import PolicyClient, RewardClient
 from services.trainer.config import TrainerConfig
 from services.trainer.data import PromptSampler, load_prompts
 from services.trainer.kl_control import KLController
-from services.trainer.learner import Learner
+from services.trainer.sharded import build_learner
 from services.trainer.losses import kl_estimate
 from services.trainer.rewards import RewardProcessor
 from services.trainer.rollout import BatchSource, Rollout, SamplingSettings
@@ -54,12 +55,15 @@ class Trainer:
         self.model_dir = config.model or str(prepare_smollm2(Path(config.model_cache)))
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.learner = Learner(config, self.model_dir, self.device)
+        self.learner = build_learner(config, self.model_dir, self.device)  # FSDP-sharded under torchrun
         self.kl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.rewards = RewardProcessor(config.reward_names, config.reward_combine, config.reward_uncertainty_k, config.reward_normalize, config.reward_clip)
         self.sampler = PromptSampler(load_prompts(config.prompts_file), config.seed)
-        self.policy_client = PolicyClient(config.policy_address, config.rpc_timeout_s, config.rpc_retries)
-        self.reward_client = RewardClient(config.reward_address, config.rpc_timeout_s, config.rpc_retries)
+        self.policy_client = PolicyClient(config.policy_address, config.rpc_timeout_s, config.rpc_retries, config.replica_wait_s)
+        self.reward_client = RewardClient(config.reward_address, config.rpc_timeout_s, config.rpc_retries, config.replica_wait_s)
+        self.reward_client.models = config.reward_names
+        # a replica that missed pushes is caught up with every tensor of the current weights
+        self.policy_client.full_weights = lambda: self.learner.push_tensors(None, PUSH_DTYPES[config.push_dtype])
         self.output_dir = Path(config.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.step_number = 0
@@ -68,9 +72,15 @@ class Trainer:
         status = self.policy_client.status()
         self.version = status.weight_version
         self.served_model = status.model
+        self.nccl = None  # set: pushes move over NCCL (services/trainer/nccl_push.py); None: the gRPC stream
+        if config.weight_transfer == "nccl":
+            from services.trainer.nccl_push import open_pusher
+
+            self.nccl = open_pusher(config, self.policy_client.replicas, status)
         self.push_names = self._push_names(AutoConfig.from_pretrained(self.model_dir).model_type)
         self.resumed_from: Path | None = None
         self.synced = False  # whether this trainer has pushed all of its weights yet
+        self._stop_requested = threading.Event()
         if config.resume:
             self._restore(checkpoint.resolve_resume(config.resume, self.output_dir))
 
@@ -93,6 +103,7 @@ class Trainer:
 
     def step(self) -> dict:
         c = self.config
+        self._check_replicas()
         fresh = take_fresh(self.batches, self.version, c.max_staleness)
         batch, staleness = fresh.batch, fresh.staleness
         # inline batches: the wait was the generation and scoring themselves
@@ -109,15 +120,16 @@ class Trainer:
             c.algorithm, rewards, rollout.mask, c.samples_per_prompt, penalty, prepared.values, c.gamma, c.gae_lambda
         )
         kl_coef = self.kl.value
-        stats = self.learner.update(rollout, prepared, advantages, returns, kl_coef)
-        self.kl.update(stats["kl"], len(rollout))
-        times["train"] = time.perf_counter() - mark
+        with self.policy_client.exclusive:  # no catch-up push reads the weights mid-update
+            stats = self.learner.update(rollout, prepared, advantages, returns, kl_coef)
+            self.kl.update(stats["kl"], len(rollout))
+            times["train"] = time.perf_counter() - mark
 
-        mark = time.perf_counter()
-        sampled_versions = sorted(set(batch.versions))
-        trained_from = self.version
-        reply = self.push_weights(note=f"trainer step {self.step_number + 1}")
-        times["push"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            sampled_versions = sorted(set(batch.versions))
+            trained_from = self.version
+            reply = self.push_weights(note=f"trainer step {self.step_number + 1}")
+            times["push"] = time.perf_counter() - mark
 
         self.step_number += 1
         self.data_position = batch.data_position
@@ -153,6 +165,7 @@ class Trainer:
             "completion_tokens": int(rollout.mask.sum()),
             "response_length": float(rollout.mask.sum(dim=1).float().mean()),
             "push_bytes": reply.total_bytes,
+            "replicas_out_of_rotation": self.policy_client.lagging() + [r.name for r in self.reward_client.replicas if not r.in_rotation],
             "push_tensors": reply.num_tensors,
             "data_position": self.data_position,
             "seconds": {k: round(v, 3) for k, v in times.items()},
@@ -163,9 +176,20 @@ class Trainer:
         self.records.append(record)
         return record
 
+    def _check_replicas(self) -> None:
+        """Brings lagging policy replicas up to date; re-checks reward replicas' model versions."""
+        if self.policy_client.lagging():
+            self.policy_client.recover()
+        if len(self.reward_client.replicas) > 1:
+            self.reward_client.recover()
+
     def push_weights(self, note: str, full: bool = False) -> policy_pb2.PushWeightsResponse:
         tensors = self.learner.push_tensors(None if full else self.push_names, PUSH_DTYPES[self.config.push_dtype])
-        reply = self.policy_client.push(tensors, int(self.config.push_chunk_mb * 1024 * 1024), self.version, note)
+        if self.nccl is not None:
+            reply = self.nccl.push(tensors, self.version, note)
+            self.policy_client.status()  # the client's view of the served version follows the NCCL push
+        else:
+            reply = self.policy_client.push(tensors, int(self.config.push_chunk_mb * 1024 * 1024), self.version, note)
         self.version = reply.weight_version
         return reply
 
@@ -223,7 +247,7 @@ class Trainer:
         elif self.resumed_from is not None:
             log.info("pushing the checkpoint's weights before continuing")
             self.sync_policy(note=f"trainer resume at step {self.step_number}")
-        elif self.version != 0 or not _same_path(self.served_model, self.model_dir):
+        elif self.version != 0 or not self.policy_client.consistent or not _same_path(self.served_model, self.model_dir):
             log.warning("policy serves version %d of %s, not the trainer's start weights (%s): pushing them first",
                         self.version, self.served_model, self.model_dir)
             self.sync_policy(note="trainer start (sync)")
@@ -235,7 +259,7 @@ class Trainer:
         self.batches = (AsyncBatches if c.async_rollouts else SyncBatches)(source.make, self.step_number)
         try:
             with logging_redirect_tqdm(), tqdm(total=c.steps, initial=self.step_number, desc="training", unit="step") as bar:
-                while self.step_number < c.steps:
+                while self.step_number < c.steps and not self._stop_requested.is_set():
                     record = self.step()
                     s = record["seconds"]
                     log.info(
@@ -267,9 +291,18 @@ class Trainer:
         (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def request_stop(self) -> None:
+        """Ends the run after the current step (with its checkpoint and summary), e.g. on SIGTERM."""
+        if not self._stop_requested.is_set():
+            log.warning("stop requested: finishing step %d, then checkpointing", self.step_number + 1)
+        self._stop_requested.set()
+
     def close(self) -> None:
         self.policy_client.close()
         self.reward_client.close()
+        self.learner.close()
+        if self.nccl is not None:
+            self.nccl.close()
 
 
 def _same_path(a: str, b: str) -> bool:

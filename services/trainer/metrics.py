@@ -17,6 +17,10 @@ SAMPLE_STALENESS = Histogram(
     "Per used sample: weight versions between the weights that sampled it and the trainer's.",
     buckets=(0, 1, 2, 3, 4, 8, 16),
 )
+REPLICAS_IN_ROTATION = Gauge("rlhf_trainer_replicas_in_rotation", "Replicas taking the trainer's calls now.", ("service",))
+REPLICA_VERSION_LAG = Gauge(
+    "rlhf_trainer_replica_version_lag", "Weight versions a policy replica is behind the trainer's (0: current).", ("replica",)
+)
 PHASE_SECONDS = Histogram(
     "rlhf_trainer_phase_seconds",
     "Time per step phase (generate, score, train, push; wait in async mode).",

@@ -15,7 +15,7 @@ import pytest
 from services.common.model_store import smollm2_gguf
 from services.common.process import ServerProcess, free_port
 
-__all__ = ["PolicyServer", "build_tiny_llama", "policy_server", "tiny_policy_dir"]
+__all__ = ["PolicyServer", "build_tiny_llama", "launch_policy", "policy_server", "tiny_policy_dir"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -66,24 +66,29 @@ class PolicyServer:
     process: ServerProcess
 
 
-@pytest.fixture(scope="session")
-def policy_server(tiny_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`python -m services.policy` serving the tiny model on loopback."""
-    port, metrics_port = free_port(), free_port()
+def launch_policy(model_dir: Path, log_path: Path, port: int | None = None, metrics_port: int | None = None) -> tuple[ServerProcess, str, int, int]:
+    """Starts (does not wait for) `python -m services.policy` on loopback; returns (process, address, port, metrics port)."""
+    port, metrics_port = port or free_port(), metrics_port or free_port()
     process = ServerProcess(
         "services.policy",
         [
-            "--model", str(tiny_policy_dir),
+            "--model", str(model_dir),
             "--port", str(port),
             "--metrics-port", str(metrics_port),
             "--max-model-len", "512",
             "--cpu-kvcache-gib", "1",
             "--drain-timeout-s", "20",
         ],
-        tmp_path_factory.mktemp("policy-logs") / "policy.log",
+        log_path,
     )
-    address = f"127.0.0.1:{port}"
-    process.start(address, timeout_s=300)
+    return process.launch(), f"127.0.0.1:{port}", port, metrics_port
+
+
+@pytest.fixture(scope="session")
+def policy_server(tiny_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python -m services.policy` serving the tiny model on loopback."""
+    process, address, _, metrics_port = launch_policy(tiny_policy_dir, tmp_path_factory.mktemp("policy-logs") / "policy.log")
+    process.wait_serving(address, timeout_s=300)
     yield PolicyServer(address, f"http://127.0.0.1:{metrics_port}/metrics", tiny_policy_dir, process)
     code = process.stop()
     assert code == 0, f"policy server exited with {code} on SIGTERM\n{process.log_tail()}"

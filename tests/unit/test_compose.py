@@ -36,8 +36,13 @@ def _compose_binary() -> str:
     return binary
 
 
-def _run_config(*global_args: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+SETTINGS = ("POLICY_REPLICAS", "REWARD_REPLICAS", "RLHF_WEIGHT_TRANSFER", "POLICY_GRPC_PORTS", "POLICY_METRICS_PORTS",
+            "REWARD_GRPC_PORTS", "REWARD_METRICS_PORTS", "POLICY_GPU_MEMORY_UTILIZATION")
+
+
+def _run_config(*global_args: str, env_overrides: dict[str, str] | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k not in SETTINGS}
+    env.update(env_overrides or {})
     proc = subprocess.run(
         [_compose_binary(), "-f", str(COMPOSE_FILE), *global_args, "config"],
         cwd=ROOT,
@@ -148,8 +153,9 @@ def test_trainer_waits_for_healthy_policy_and_reward(gpu_config: dict, trainer: 
         assert depends[dep]["condition"] == "service_healthy", f"{trainer} must wait for healthy {dep}"
     command = service["command"]
     assert command[:4] == ["python", "-m", "services.trainer", "train"]
-    assert f"--policy-address={policy}:50051" in command
-    assert "--reward-address=reward:50052" in command
+    # dns:/// makes the trainer drive every replica the service name resolves to
+    assert f"--policy-address=dns:///{policy}:50051" in command
+    assert "--reward-address=dns:///reward:50052" in command
 
 
 def test_ports_published_on_loopback_only(gpu_config: dict) -> None:
@@ -279,3 +285,48 @@ def test_dashboard_has_the_three_rows_and_queries_only_exported_series() -> None
         assert f"rlhf_trainer_{name}" in trainer_series, name
     assert any(s.startswith("rlhf_trainer_sample_staleness") for s in trainer_series)
     assert any(s.startswith("rlhf_trainer_phase_seconds") for s in trainer_series)
+
+
+def _replicas(service: dict) -> int:
+    return int(service.get("deploy", {}).get("replicas", 1))
+
+
+def test_replica_counts_default_to_one_and_scale_from_the_environment(gpu_config: dict) -> None:
+    services = gpu_config["services"]
+    for name in ("policy", "policy-gpu", "reward"):
+        assert _replicas(services[name]) == 1, name
+    scaled = _run_config(
+        "--profile", "gpu",
+        env_overrides={"POLICY_REPLICAS": "3", "REWARD_REPLICAS": "2", "POLICY_GRPC_PORTS": "50061-50063",
+                       "POLICY_METRICS_PORTS": "9111-9113"},
+    )["services"]
+    assert [_replicas(scaled[n]) for n in ("policy", "policy-gpu", "reward")] == [3, 3, 2]
+    # the GPU reservation survives next to the replica count
+    assert scaled["policy-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert ("127.0.0.1", "50061-50063") in _published_ports(scaled["policy"])
+    assert ("127.0.0.1", "9111-9113") in _published_ports(scaled["policy"])
+    for name in ("trainer", "trainer-gpu", "prometheus", "grafana"):
+        assert _replicas(scaled[name]) == 1, f"{name} is not scaled"
+
+
+def test_gpu_weight_transfer_defaults_to_grpc_and_switches_both_ends(gpu_config: dict) -> None:
+    services = gpu_config["services"]
+    assert services["policy-gpu"]["environment"]["RLHF_POLICY_WEIGHT_TRANSFER"] == "grpc"
+    assert services["trainer-gpu"]["environment"]["RLHF_TRAINER_WEIGHT_TRANSFER"] == "grpc"
+    for name in ("policy", "trainer"):  # the CPU stack never asks for NCCL
+        assert not any("WEIGHT_TRANSFER" in key for key in services[name]["environment"]), name
+    nccl = _run_config("--profile", "gpu", env_overrides={"RLHF_WEIGHT_TRANSFER": "nccl"})["services"]
+    assert nccl["policy-gpu"]["environment"]["RLHF_POLICY_WEIGHT_TRANSFER"] == "nccl"
+    trainer_env = nccl["trainer-gpu"]["environment"]
+    assert trainer_env["RLHF_TRAINER_WEIGHT_TRANSFER"] == "nccl"
+    assert trainer_env["RLHF_TRAINER_NCCL_MASTER_PORT"] == "29600"
+    # the settings the compose file sets are real options of the services
+    from services.policy.config import PolicyConfig
+    from services.trainer.config import TrainerConfig
+
+    for prefix, config in (("RLHF_POLICY_", PolicyConfig), ("RLHF_TRAINER_", TrainerConfig)):
+        fields = {f.upper() for f in config.__dataclass_fields__}
+        for name in ("policy-gpu", "trainer-gpu"):
+            for key in nccl[name]["environment"]:
+                if key.startswith(prefix):
+                    assert key[len(prefix):] in fields, f"{name}: {key} is no {config.__name__} option"

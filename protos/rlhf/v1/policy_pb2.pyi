@@ -41,7 +41,7 @@ class Prompt(_message.Message):
     def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., apply_chat_template: _Optional[bool] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+    __slots__ = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
     N_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class SamplingParams(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     n: int
     max_tokens: int
     temperature: float
@@ -56,7 +57,8 @@ class SamplingParams(_message.Message):
     top_k: int
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, n: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    ignore_eos: bool
+    def __init__(self, n: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompts", "sampling", "request_id", "recording")
@@ -175,7 +177,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version")
+    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version", "weight_transfer", "transfer_workers")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +189,8 @@ class GetStatusResponse(_message.Message):
     VERSION_SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     RESTORABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     HIGHEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_WORKERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     weight_version: int
     state: EngineState
@@ -198,7 +202,9 @@ class GetStatusResponse(_message.Message):
     version_since_unix: float
     restorable_versions: _containers.RepeatedCompositeFieldContainer[WeightVersionInfo]
     highest_version: int
-    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ...) -> None: ...
+    weight_transfer: str
+    transfer_workers: int
+    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ..., weight_transfer: _Optional[str] = ..., transfer_workers: _Optional[int] = ...) -> None: ...
 
 class WeightVersionInfo(_message.Message):
     __slots__ = ("version", "note", "applied_unix")
@@ -229,3 +235,61 @@ class RollbackResponse(_message.Message):
     num_tensors: int
     apply_seconds: float
     def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., apply_seconds: _Optional[float] = ...) -> None: ...
+
+class InitWeightTransferRequest(_message.Message):
+    __slots__ = ("master_address", "master_port", "world_size", "rank_offset", "packed", "packed_buffer_size_bytes", "packed_num_buffers")
+    MASTER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MASTER_PORT_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANK_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
+    PACKED_BUFFER_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_NUM_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    master_address: str
+    master_port: int
+    world_size: int
+    rank_offset: int
+    packed: bool
+    packed_buffer_size_bytes: int
+    packed_num_buffers: int
+    def __init__(self, master_address: _Optional[str] = ..., master_port: _Optional[int] = ..., world_size: _Optional[int] = ..., rank_offset: _Optional[int] = ..., packed: _Optional[bool] = ..., packed_buffer_size_bytes: _Optional[int] = ..., packed_num_buffers: _Optional[int] = ...) -> None: ...
+
+class InitWeightTransferResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    def __init__(self, workers: _Optional[int] = ...) -> None: ...
+
+class NcclTensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BeginNcclPushRequest(_message.Message):
+    __slots__ = ("begin", "tensors")
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    begin: PushBegin
+    tensors: _containers.RepeatedCompositeFieldContainer[NcclTensor]
+    def __init__(self, begin: _Optional[_Union[PushBegin, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[NcclTensor, _Mapping]]] = ...) -> None: ...
+
+class BeginNcclPushResponse(_message.Message):
+    __slots__ = ("push_id", "serving_version", "reserved_seconds")
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    push_id: str
+    serving_version: int
+    reserved_seconds: float
+    def __init__(self, push_id: _Optional[str] = ..., serving_version: _Optional[int] = ..., reserved_seconds: _Optional[float] = ...) -> None: ...
+
+class CommitNcclPushRequest(_message.Message):
+    __slots__ = ("push_id",)
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    push_id: str
+    def __init__(self, push_id: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,21 @@ class PolicyServiceStub:
                 request_serializer=rlhf_dot_v1_dot_policy__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=rlhf_dot_v1_dot_policy__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.InitWeightTransfer = channel.unary_unary(
+                '/rlhf.v1.PolicyService/InitWeightTransfer',
+                request_serializer=rlhf_dot_v1_dot_policy__pb2.InitWeightTransferRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_policy__pb2.InitWeightTransferResponse.FromString,
+                _registered_method=True)
+        self.BeginNcclPush = channel.unary_unary(
+                '/rlhf.v1.PolicyService/BeginNcclPush',
+                request_serializer=rlhf_dot_v1_dot_policy__pb2.BeginNcclPushRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_policy__pb2.BeginNcclPushResponse.FromString,
+                _registered_method=True)
+        self.CommitNcclPush = channel.unary_unary(
+                '/rlhf.v1.PolicyService/CommitNcclPush',
+                request_serializer=rlhf_dot_v1_dot_policy__pb2.CommitNcclPushRequest.SerializeToString,
+                response_deserializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -110,6 +125,50 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitWeightTransfer(self, request, context):
+        """GPU data path (a policy started with weight_transfer=nccl): the tensors of
+        a push travel over NCCL through vLLM's weight-transfer engine, these three
+        RPCs carry the control. InitWeightTransfer joins this server's inference
+        workers to the trainer's NCCL group (ranks rank_offset onward); it blocks
+        until the trainer has opened rank 0 of the rendezvous, so the trainer
+        calls it concurrently with opening its own end. Call it again to join a
+        new group (e.g. after the trainer restarted). Errors: FAILED_PRECONDITION
+        (the server runs weight_transfer=grpc; use PushWeights), UNAVAILABLE
+        (engine still starting, or the rendezvous failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginNcclPush(self, request, context):
+        """Opens a push whose tensors will arrive over NCCL: checks the tensor list
+        against the served model and the version guards of `begin` exactly as a
+        streamed push does at commit, then holds the push slot (no other push or
+        rollback runs) until CommitNcclPush or until the reservation expires.
+        Everything that can refuse a push is checked here, before any byte moves,
+        because a refusal after the trainer started broadcasting would leave its
+        NCCL broadcast waiting for a receiver. Errors: FAILED_PRECONDITION (not
+        configured for nccl, InitWeightTransfer not done, or a version guard
+        fails), INVALID_ARGUMENT (tensor list does not fit the served model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitNcclPush(self, request, context):
+        """Receives the reserved push's tensors from the NCCL group (the trainer
+        broadcasts them while this call runs) and commits them atomically like
+        PushWeights: in-flight requests finish on the old weights, then the new
+        weights serve as the version named in the response. Versions pushed this
+        way are not restorable by Rollback (their bytes never pass through the
+        server); earlier versions stay restorable. Errors: NOT_FOUND (unknown or
+        expired push_id), UNAVAILABLE (the receive or load failed: the engine is
+        FAILED until a later push or rollback succeeds).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +196,21 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=rlhf_dot_v1_dot_policy__pb2.GetStatusRequest.FromString,
                     response_serializer=rlhf_dot_v1_dot_policy__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'InitWeightTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitWeightTransfer,
+                    request_deserializer=rlhf_dot_v1_dot_policy__pb2.InitWeightTransferRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_policy__pb2.InitWeightTransferResponse.SerializeToString,
+            ),
+            'BeginNcclPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginNcclPush,
+                    request_deserializer=rlhf_dot_v1_dot_policy__pb2.BeginNcclPushRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_policy__pb2.BeginNcclPushResponse.SerializeToString,
+            ),
+            'CommitNcclPush': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitNcclPush,
+                    request_deserializer=rlhf_dot_v1_dot_policy__pb2.CommitNcclPushRequest.FromString,
+                    response_serializer=rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +348,87 @@ class PolicyService:
             '/rlhf.v1.PolicyService/GetStatus',
             rlhf_dot_v1_dot_policy__pb2.GetStatusRequest.SerializeToString,
             rlhf_dot_v1_dot_policy__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitWeightTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.PolicyService/InitWeightTransfer',
+            rlhf_dot_v1_dot_policy__pb2.InitWeightTransferRequest.SerializeToString,
+            rlhf_dot_v1_dot_policy__pb2.InitWeightTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginNcclPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.PolicyService/BeginNcclPush',
+            rlhf_dot_v1_dot_policy__pb2.BeginNcclPushRequest.SerializeToString,
+            rlhf_dot_v1_dot_policy__pb2.BeginNcclPushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitNcclPush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhf.v1.PolicyService/CommitNcclPush',
+            rlhf_dot_v1_dot_policy__pb2.CommitNcclPushRequest.SerializeToString,
+            rlhf_dot_v1_dot_policy__pb2.PushWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,
