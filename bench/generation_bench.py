@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import statistics
 import time
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def chat_ids(model_dir: str, prompts: list[str]) -> list[list[int]]:
     return out
 
 
+ROUNDS = 3  # timed batches per contender; the median counts (one batch varies by several percent here)
+
+
+def summarize(name: str, rounds: list[tuple[float, int]]) -> dict:
+    rates = sorted(tokens / seconds for seconds, tokens in rounds)
+    return {"name": name, "rounds": [{"seconds": round(s, 3), "output_tokens": t} for s, t in rounds],
+            "output_tokens": rounds[0][1], "tokens_per_s": round(statistics.median(rates), 2)}
+
+
 def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int, log_dir: Path) -> dict:
     from rlhf.v1 import policy_pb2, policy_pb2_grpc
     from services.common.client import open_channel
@@ -55,11 +65,12 @@ def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int
                 return stub.Generate(request, timeout=900)
 
             run(prompt_ids[:2], 0)  # warm-up
-            started = time.perf_counter()
-            reply = run(prompt_ids, 1)
-            seconds = time.perf_counter() - started
-        tokens = sum(len(s.token_ids) for r in reply.results for s in r.samples)
-        return {"name": "policy service (gRPC Generate)", "seconds": round(seconds, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2)}
+            rounds = []
+            for seed in range(1, ROUNDS + 1):
+                started = time.perf_counter()
+                reply = run(prompt_ids, seed)
+                rounds.append((time.perf_counter() - started, sum(len(s.token_ids) for r in reply.results for s in r.samples)))
+        return summarize("policy service (gRPC Generate)", rounds)
     finally:
         server.stop()
 
@@ -85,13 +96,15 @@ def in_process(model_dir: str, prompt_ids: list[list[int]], max_tokens: int) -> 
     try:
         loop = asyncio.new_event_loop()
         loop.run_until_complete(run(prompt_ids[:2], 0))
-        started = time.perf_counter()
-        tokens = loop.run_until_complete(run(prompt_ids, 1))
-        seconds = time.perf_counter() - started
+        rounds = []
+        for seed in range(1, ROUNDS + 1):
+            started = time.perf_counter()
+            tokens = loop.run_until_complete(run(prompt_ids, seed))
+            rounds.append((time.perf_counter() - started, tokens))
         loop.close()
     finally:
         engine.shutdown()
-    return {"name": "same vLLM engine in-process (AsyncLLM)", "seconds": round(seconds, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2)}
+    return summarize("same vLLM engine in-process (AsyncLLM)", rounds)
 
 
 def hf_generate(model_dir: str, prompt_ids: list[list[int]], max_tokens: int) -> dict:

@@ -22,15 +22,16 @@ class Stack:
 @contextlib.contextmanager
 def services(
     model_dir: str, rewards_toml: str, logs: Path, replicas: int = 1, kvcache_gib: int = 1, start_timeout_s: float = 900,
-    label: str = "bench",
+    label: str = "bench", policy_args: list[list[str]] | None = None,
 ) -> Iterator[Stack]:
-    """Starts `replicas` policy servers and one reward server; yields their addresses."""
+    """Starts `replicas` policy servers (replica i gets `policy_args[i]` too) and one reward server."""
     logs.mkdir(parents=True, exist_ok=True)
     (logs / "rewards.toml").write_text(rewards_toml)
     processes: dict[str, tuple[ServerProcess, str]] = {}
     for i in range(replicas):
         port = free_port()
-        args = ["--model", model_dir, "--port", str(port), "--metrics-port", str(free_port()), "--cpu-kvcache-gib", str(kvcache_gib)]
+        args = ["--model", model_dir, "--port", str(port), "--metrics-port", str(free_port()), "--cpu-kvcache-gib", str(kvcache_gib),
+                *(policy_args[i] if policy_args else [])]
         processes[f"policy-{i}"] = (ServerProcess("services.policy", args, logs / f"policy-{i}.log"), f"127.0.0.1:{port}")
     port = free_port()
     args = ["--port", str(port), "--metrics-port", str(free_port()), "--models-file", str(logs / "rewards.toml")]
