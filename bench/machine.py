@@ -49,4 +49,11 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "machine": machine(), "finished_unix": round(time.time(), 1), **result}
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(describe(payload["machine"]), flush=True)
     return path
+
+
+def describe(info: dict) -> str:
+    """One line naming the machine a result belongs to (printed with every result)."""
+    gpu = info.get("gpu") or "no GPU"
+    return f"machine: {info.get('cpu')}, {info.get('cores')} cores, {gpu}; torch {info.get('torch')}, vllm {info.get('vllm')}"

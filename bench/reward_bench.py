@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import describe, machine  # noqa: E402
 
 from rlhf.v1 import reward_pb2, reward_pb2_grpc  # noqa: E402
 from services.common.client import open_aio_channel  # noqa: E402
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             f"   {on['p50_ms']:>6.1f}/{on['p99_ms']:<8.1f}   {off['p50_ms']:>6.1f}/{off['p99_ms']:.1f}"
         )
     print(f"\nservice/bare forward = {report['ratio']} ({results[-1]['on']['pairs_per_s']} vs {bare['pairs_per_s']} pairs/s)")
+    print(describe(info))
     print(f"wrote {output} in {report['duration_s']} s")
     failed = sum(row[mode]["failed"] for row in results for mode in MODES)
     return 1 if failed or code != 0 else 0

@@ -1,6 +1,6 @@
 """Soak: availability of the whole stack under periodic restarts, against the same traffic without them.
 
-    python -m bench.soak_bench [--duration-s 300] [--restart-every-s 60] [--push-every-s 30]
+    python -m bench.soak_bench [--duration-s 240] [--restart-every-s 60] [--push-every-s 30]
 
 Starts the policy (SmolLM2-135M by default, recording into an SQLite experience
 store), the reward service (rules) and the FeedbackService on loopback and drives
@@ -44,7 +44,7 @@ def success_share(report: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration-s", type=float, default=300.0, help="Length of each phase (seconds).")
+    parser.add_argument("--duration-s", type=float, default=240.0, help="Length of each phase (seconds).")
     parser.add_argument("--restart-every-s", type=float, default=60.0, help="Candidate phase: a restart this often.")
     parser.add_argument("--push-every-s", type=float, default=30.0, help="A full-weight push this often.")
     parser.add_argument("--model", type=Path, default=None, help="Policy checkpoint (default: SmolLM2-135M-Instruct).")
