@@ -9,14 +9,13 @@ send the same requests.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rlhf.v1 import policy_pb2, reward_pb2
+from services.trainer.data import PromptRow, load_prompts
 
 SYNTHETIC = "synthetic"
 
@@ -28,31 +27,11 @@ _WORDS = (
 ).split()
 
 
-@dataclass(frozen=True)
-class PromptRow:
-    prompt: str
-    reference: str | None
-
-
 def load_rows(path: str | Path) -> list[PromptRow]:
-    """JSONL rows with a "prompt" (and optionally a "reference") field."""
-    rows = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"dataset {path}: cannot read it ({exc.strerror}); give a JSONL file or 'synthetic'") from exc
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                rows.append(PromptRow(str(record["prompt"]), record.get("reference")))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' key ({exc})") from exc
-    if not rows:
-        raise ValueError(f"{path}: no prompts")
-    return rows
+    """The trainer's prompt loader, with a hint at the alternative dataset."""
+    if not Path(path).is_file():
+        raise ValueError(f"dataset {path}: cannot read it (no such file); give a JSONL file or {SYNTHETIC!r}")
+    return load_prompts(path)
 
 
 def draw_length(mean: int, range_ratio: float, rng: np.random.Generator) -> int:

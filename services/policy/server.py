@@ -78,6 +78,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.state = state
         metrics.ENGINE_STATE.set(state)
 
+    @contextlib.asynccontextmanager
+    async def _swapping(self, what: str, recovery: str, on_failure=lambda: None):
+        """Drains in-flight requests, then runs the body (load + version bump) with new requests waiting.
+
+        A failure inside marks the engine FAILED (it may hold a mix of old and new tensors,
+        so it refuses to serve) and surfaces as UNAVAILABLE naming `recovery`.
+        """
+        async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
+            self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
+            try:
+                yield
+            except Exception as exc:
+                self._set_state(policy_pb2.ENGINE_STATE_FAILED)
+                on_failure()
+                log.exception("%s failed; engine marked FAILED", what)
+                raise Unavailable(f"{what} failed ({exc}); {recovery}") from exc
+            self._set_state(policy_pb2.ENGINE_STATE_SERVING)
+
     def mark_serving(self) -> None:
         self._set_state(policy_pb2.ENGINE_STATE_SERVING)
 
@@ -283,17 +301,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             apply_started = time.perf_counter()
             retained = False
             try:
-                async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
-                    self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
-                    try:
-                        await self.engine.load_weights(str(path))
-                    except Exception as exc:
-                        self._set_state(policy_pb2.ENGINE_STATE_FAILED)
-                        metrics.PUSHES.labels("failed").inc()
-                        log.exception("weight load failed; engine marked FAILED")
-                        raise Unavailable(f"loading the pushed weights failed ({exc}); push again to recover") from exc
+                async with self._swapping("loading the pushed weights", "push again to recover",
+                                          metrics.PUSHES.labels("failed").inc):
+                    await self.engine.load_weights(str(path))
                     version = self.gate.advance(staged.note, requested_version)
-                    self._set_state(policy_pb2.ENGINE_STATE_SERVING)
                 if self.history is not None:
                     retained = True
                     _remove(self.history.record_push(version, staged.note, path, list(staged.names)))
@@ -398,20 +409,14 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         """Same swap as PushWeights, with vLLM's NCCL receive as the load; runs holding the push lock."""
         current = self.gate.version
         started = time.perf_counter()
-        async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
-            self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
-            try:
-                count = await self.engine.receive_weights(reservation.update_info)
-            except Exception as exc:
-                self._set_state(policy_pb2.ENGINE_STATE_FAILED)
-                self._nccl_ready = False  # a broken broadcast leaves the group unusable: InitWeightTransfer again
-                metrics.PUSHES.labels("failed").inc()
-                log.exception("NCCL weight receive failed; engine marked FAILED")
-                raise Unavailable(
-                    f"receiving the weights over NCCL failed ({exc}); call InitWeightTransfer and push again, or roll back"
-                ) from exc
+        def broken() -> None:
+            self._nccl_ready = False  # a broken broadcast leaves the group unusable: InitWeightTransfer again
+            metrics.PUSHES.labels("failed").inc()
+
+        async with self._swapping("receiving the weights over NCCL",
+                                  "call InitWeightTransfer and push again, or roll back", broken):
+            count = await self.engine.receive_weights(reservation.update_info)
             version = self.gate.advance(reservation.note, reservation.requested_version)
-            self._set_state(policy_pb2.ENGINE_STATE_SERVING)
         if self.history is not None:
             _remove(self.history.record_unretained(version, reservation.note))
         applied = time.perf_counter() - started
@@ -460,16 +465,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 return policy_pb2.RollbackResponse(weight_version=current, previous_version=current)
             path = await asyncio.get_running_loop().run_in_executor(None, write_restore_file, plan, self.staging)
             try:
-                async with self.gate.swap(self.drain_timeout_s, self._abort_in_flight):
-                    self._set_state(policy_pb2.ENGINE_STATE_UPDATING_WEIGHTS)
-                    try:
-                        await self.engine.load_weights(str(path))
-                    except Exception as exc:
-                        self._set_state(policy_pb2.ENGINE_STATE_FAILED)
-                        log.exception("rollback load failed; engine marked FAILED")
-                        raise Unavailable(f"loading version {target} failed ({exc}); roll back or push again to recover") from exc
+                async with self._swapping(f"loading version {target}", "roll back or push again to recover"):
+                    await self.engine.load_weights(str(path))
                     self.gate.restore(target, request.reason or f"rollback from {current}")
-                    self._set_state(policy_pb2.ENGINE_STATE_SERVING)
                 _remove(self.history.record_restore(target))
             finally:
                 path.unlink(missing_ok=True)

@@ -209,19 +209,12 @@ class PolicyClient:
                     except grpc.RpcError as exc:
                         self.pool.take_out(replica, f"missed push of version {target}: {exc.code().name} ({exc.details()})")
             self.version = target
-            if not accepted:  # nobody took the changed tensors: the first one back gets all of them
-                self._wait_for_catch_up(note)
+            if not accepted:  # nobody took the changed tensors: wait until recover() catches one up with all of them
+                self.pool.call(lambda replica: replica, f"push of version {target} ({note})")
             self.recover()
             self._export()
             reply = accepted[0] if accepted else policy_pb2.PushWeightsResponse(weight_version=target)
             return reply
-
-    def _wait_for_catch_up(self, note: str) -> None:
-        def check(replica: PolicyReplica) -> None:
-            if replica.version != self.version:
-                raise _NotYet()
-
-        self.pool.call(check, f"push of version {self.version} ({note})")
 
     def recover(self) -> None:
         """Brings replicas out of rotation back: re-admits those at the current version, catches up the ones behind."""
@@ -257,16 +250,6 @@ class PolicyClient:
     def close(self) -> None:
         for replica in self.replicas:
             replica.close()
-
-
-class _NotYet(grpc.RpcError):
-    """A replica not serving the current version yet (counts as UNAVAILABLE for the pool)."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self) -> str:
-        return "not at the current version yet"
 
 
 @dataclass

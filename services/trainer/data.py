@@ -15,15 +15,20 @@ class PromptRow:
 
 
 def load_prompts(path: str | Path) -> list[PromptRow]:
+    """JSONL rows with a "prompt" (and optionally a "reference") field; errors name the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"dataset {path}: cannot read it ({exc.strerror})") from exc
+    with handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
                 rows.append(PromptRow(str(record["prompt"]), record.get("reference")))
-            except (json.JSONDecodeError, KeyError) as exc:
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' key ({exc})") from exc
     if not rows:
         raise ValueError(f"{path}: no prompts")
