@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo        set up, start policy + reward services, train a few steps, stop (writes runs/demo/summary.json)"
-	@echo "make demo-online online RLHF for ~7 min: simulated users, canary + stable policy, live reward model (runs/demo-online/)"
+	@echo "make demo-online online RLHF for 10 min plus start-up: simulated users, canary + stable policy, live reward model, feedback pages (runs/demo-online/)"
 	@echo "make test        set up and run the whole test suite (unit + integration)"
 	@echo "make setup       create $(VENV) and install the project (ENGINE=cpu|gpu)"
 	@echo "make protos      regenerate the gRPC Python code from protos/"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench-reward  reward service throughput/latency, batching on vs off (writes bench/results/reward.json)"
 	@echo "make bench-load  load sweep of the policy and reward services (writes bench/results/load.json, load.png)"
 	@echo "make bench-soak  mixed traffic while services restart, vs none (writes bench/results/soak.json)"
+	@echo "make bench-capacity  capacity model and simulation at 1.5B/8B/70B, calibrated on bench/results (bench/results/capacity.json)"
 	@echo "make bench-learning  RL on SmolLM2-135M, held-out reward before/after (writes bench/results/learning.json, learning.png)"
 
 $(STAMP): pyproject.toml
@@ -47,20 +48,24 @@ endif
 setup: $(STAMP)
 
 # Real servers the tests start: docker-compose (validates the compose file), PostgreSQL (experience store),
-# Prometheus (scrapes the services during a load test).
+# Prometheus (scrapes the services during a load test), Chromium (the feedback page's browser test).
+# Never stops `make test`: a package that cannot be installed (not root, no reachable Debian mirror) prints one
+# line, and the tests that need it skip, naming what is missing.  Each entry: apt package:probe (command or path).
+SYSTEM_DEPS := docker-compose:docker-compose postgresql:/usr/lib/postgresql/*/bin/initdb \
+	prometheus:prometheus chromium:chromium
 system-deps:
-	@if ! command -v docker-compose >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; \
-	  else echo "docker-compose missing: install it (apt-get install docker-compose) or its test is skipped"; fi; \
-	fi
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; \
-	  else echo "postgresql missing: install it (apt-get install postgresql) or its tests are skipped"; fi; \
-	fi
-	@if ! command -v prometheus >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
-	  else echo "prometheus missing: install it (apt-get install prometheus) or its test is skipped"; fi; \
-	fi
+	@updated=; for dep in $(SYSTEM_DEPS); do \
+	  pkg=$${dep%%:*}; probe=$${dep#*:}; \
+	  if command -v $$probe >/dev/null 2>&1 || ls $$probe >/dev/null 2>&1; then continue; fi; \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "system-deps: $$pkg missing (not root: apt-get install $$pkg); the tests that need it are skipped"; continue; \
+	  fi; \
+	  if [ -z "$$updated" ]; then \
+	    if timeout 300 apt-get update -qq >/dev/null 2>&1; then updated=ok; else updated=failed; fi; \
+	  fi; \
+	  if [ "$$updated" = ok ] && timeout 600 apt-get install -y -qq $$pkg >/dev/null 2>&1; then continue; fi; \
+	  echo "system-deps: could not install $$pkg (apt-get $$( [ "$$updated" = ok ] && echo install || echo update) failed: no reachable Debian mirror?); the tests that need it are skipped"; \
+	done
 
 protos: setup
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos --grpc_python_out=protos protos/rlhf/v1/*.proto
@@ -118,6 +123,12 @@ clean:
 # SOAK_ARGS passes flags (--duration-s, --restart-every-s, --push-every-s; --help lists them).
 bench-soak: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.soak_bench $(SOAK_ARGS)
+
+.PHONY: bench-capacity
+# Capacity model + SimPy simulation: README Scaling table, calibration against bench/results (seconds, no GPU)
+# -> bench/results/capacity.json, capacity.png, capacity.md
+bench-capacity: setup
+	HF_HUB_OFFLINE=1 $(PY) -m bench.capacity
 
 .PHONY: bench-learning
 # Held-out reward before/after training SmolLM2-135M on the similarity and a rules reward (~20 min on 2 cores)

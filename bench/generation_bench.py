@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.machine import write_result
 from services.common.model_store import prepare_smollm2
 from services.common.process import ServerProcess, free_port
-from services.trainer.data import load_prompts
+from services.common.prompts import load_prompts
 
 log = logging.getLogger("bench.generation")
 
@@ -32,7 +32,9 @@ def chat_ids(model_dir: str, prompts: list[str]) -> list[list[int]]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     out = []
     for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         out.append(list(ids if isinstance(ids, list) else ids["input_ids"]))
     return out
 
@@ -42,8 +44,12 @@ ROUNDS = 3  # timed batches per contender; the median counts (one batch varies b
 
 def summarize(name: str, rounds: list[tuple[float, int]]) -> dict:
     rates = sorted(tokens / seconds for seconds, tokens in rounds)
-    return {"name": name, "rounds": [{"seconds": round(s, 3), "output_tokens": t} for s, t in rounds],
-            "output_tokens": rounds[0][1], "tokens_per_s": round(statistics.median(rates), 2)}
+    return {
+        "name": name,
+        "rounds": [{"seconds": round(s, 3), "output_tokens": t} for s, t in rounds],
+        "output_tokens": rounds[0][1],
+        "tokens_per_s": round(statistics.median(rates), 2),
+    }
 
 
 def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int, log_dir: Path) -> dict:
@@ -51,7 +57,9 @@ def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int
     from services.common.client import open_channel
 
     port = free_port()
-    server = ServerProcess("services.policy", ["--model", model_dir, "--port", str(port), "--metrics-port", "0"], log_dir / "policy.log")
+    server = ServerProcess(
+        "services.policy", ["--model", model_dir, "--port", str(port), "--metrics-port", "0"], log_dir / "policy.log"
+    )
     server.start(f"127.0.0.1:{port}", 600)
     try:
         with open_channel(f"127.0.0.1:{port}") as channel:
@@ -60,7 +68,9 @@ def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int
             def run(ids, seed):
                 request = policy_pb2.GenerateRequest(
                     prompts=[policy_pb2.Prompt(token_ids=p) for p in ids],
-                    sampling=policy_pb2.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed, ignore_eos=True),
+                    sampling=policy_pb2.SamplingParams(
+                        max_tokens=max_tokens, temperature=1.0, seed=seed, ignore_eos=True
+                    ),
                 )
                 return stub.Generate(request, timeout=900)
 
@@ -69,7 +79,9 @@ def through_service(model_dir: str, prompt_ids: list[list[int]], max_tokens: int
             for seed in range(1, ROUNDS + 1):
                 started = time.perf_counter()
                 reply = run(prompt_ids, seed)
-                rounds.append((time.perf_counter() - started, sum(len(s.token_ids) for r in reply.results for s in r.samples)))
+                rounds.append(
+                    (time.perf_counter() - started, sum(len(s.token_ids) for r in reply.results for s in r.samples))
+                )
         return summarize("policy service (gRPC Generate)", rounds)
     finally:
         server.stop()
@@ -120,12 +132,27 @@ def hf_generate(model_dir: str, prompt_ids: list[list[int]], max_tokens: int) ->
     torch.manual_seed(1)
     started = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=pad)
+        out = model.generate(
+            input_ids=batch,
+            attention_mask=mask,
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=pad,
+        )
     seconds = time.perf_counter() - started
     tokens = 0
     for row in out[:, width:].tolist():
         tokens += next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id), len(row))
-    return {"name": "transformers generate() (fp32, one batch)", "seconds": round(seconds, 3), "output_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2)}
+    return {
+        "name": "transformers generate() (fp32, one batch)",
+        "seconds": round(seconds, 3),
+        "output_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2),
+    }
 
 
 def main() -> None:
@@ -150,7 +177,12 @@ def main() -> None:
     path = write_result(
         "generation",
         {
-            "workload": {"prompts": args.prompts, "max_tokens": args.max_tokens, "model": model_dir, "temperature": 1.0},
+            "workload": {
+                "prompts": args.prompts,
+                "max_tokens": args.max_tokens,
+                "model": model_dir,
+                "temperature": 1.0,
+            },
             "baseline": engine,
             "candidate": service,
             "ratio": round(ratio, 3),
@@ -159,7 +191,9 @@ def main() -> None:
             "ratio_vs_hf_generate": round(service["tokens_per_s"] / hf["tokens_per_s"], 3),
         },
     )
-    print(f"[generation] service/in-process = {ratio:.3f}; service/HF generate = {service['tokens_per_s'] / hf['tokens_per_s']:.2f} -> {path}")
+    print(
+        f"[generation] service/in-process = {ratio:.3f}; service/HF generate = {service['tokens_per_s'] / hf['tokens_per_s']:.2f} -> {path}"
+    )
 
 
 if __name__ == "__main__":

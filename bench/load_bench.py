@@ -91,6 +91,7 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def markdown_table(rows: list[dict], scored: bool = False) -> str:
     """The README's table: per level, throughput and p50 / p99 latencies in ms."""
+
     def pair(stats: dict | None) -> str:
         return "–" if stats is None else f"{stats['p50']:.0f} / {stats['p99']:.0f}"
 
@@ -128,7 +129,9 @@ def sweep(service: str, config: LoadTestConfig, levels: list[int], metrics_url: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="", help="policy checkpoint dir (default: SmolLM2-135M-Instruct, converted once)")
+    parser.add_argument(
+        "--model", default="", help="policy checkpoint dir (default: SmolLM2-135M-Instruct, converted once)"
+    )
     parser.add_argument("--concurrency", default="1,4,16", help="policy levels (requests in flight)")
     parser.add_argument("--reward-concurrency", default="1,4,16", help="reward levels")
     parser.add_argument("--duration-s", type=float, default=25.0, help="seconds of sending per policy level")
@@ -161,7 +164,11 @@ def main() -> None:
         policy.wait_serving(policy_address, args.start_timeout_s, progress="[bench-load] policy")
         print(f"[bench-load] both SERVING after {time.perf_counter() - started:.0f} s", flush=True)
         policy_config = LoadTestConfig(
-            target=policy_address, duration_s=args.duration_s, output_len=args.output_len, warmup_requests=2, timeout_s=120
+            target=policy_address,
+            duration_s=args.duration_s,
+            output_len=args.output_len,
+            warmup_requests=2,
+            timeout_s=120,
         )
         reward_config = LoadTestConfig(
             target=reward_address, rpc="Score", duration_s=args.reward_duration_s, warmup_requests=4, timeout_s=30
@@ -172,29 +179,50 @@ def main() -> None:
     finally:
         codes = {"policy": policy.stop(), "reward": reward.stop()}
 
-    print("\npolicy GenerateStream (book-review prompts, max_tokens=%d):" % args.output_len)
+    print(f"\npolicy GenerateStream (book-review prompts, max_tokens={args.output_len}):")
     print(format_sweep(policy_reports))
     print("\nreward Score (similarity, 1 item per request):")
     print(format_sweep(reward_reports))
     print("\n" + markdown_table(policy_rows) + "\n\n" + markdown_table(reward_rows, scored=True))
-    plot_sweep(policy_reports, "concurrency", "concurrency (requests in flight)", RESULTS / "load.png",
-               f"policy GenerateStream, {Path(model_dir).name}, max_tokens={args.output_len}")
-    plot_sweep(reward_reports, "concurrency", "concurrency (requests in flight)", RESULTS / "load-reward.png",
-               "reward Score (similarity, 1 item per request)")
+    plot_sweep(
+        policy_reports,
+        "concurrency",
+        "concurrency (requests in flight)",
+        RESULTS / "load.png",
+        f"policy GenerateStream, {Path(model_dir).name}, max_tokens={args.output_len}",
+    )
+    plot_sweep(
+        reward_reports,
+        "concurrency",
+        "concurrency (requests in flight)",
+        RESULTS / "load-reward.png",
+        "reward Score (similarity, 1 item per request)",
+    )
     path = write_result(
         "load",
         {
             "command": "make bench-load",
             "compared": "policy GenerateStream output tokens/s at the highest concurrency (candidate) vs one request at a time (baseline)",
-            "baseline": {"concurrency": policy_rows[0]["concurrency"], "output_token_throughput": policy_rows[0]["output_token_throughput"]},
-            "candidate": {"concurrency": policy_rows[-1]["concurrency"], "output_token_throughput": policy_rows[-1]["output_token_throughput"]},
+            "baseline": {
+                "concurrency": policy_rows[0]["concurrency"],
+                "output_token_throughput": policy_rows[0]["output_token_throughput"],
+            },
+            "candidate": {
+                "concurrency": policy_rows[-1]["concurrency"],
+                "output_token_throughput": policy_rows[-1]["output_token_throughput"],
+            },
             "ratio": _ratio(policy_rows[-1]["output_token_throughput"], policy_rows[0]["output_token_throughput"]),
             "ratio_meaning": "continuous batching gain: output tokens/s at the highest concurrency over concurrency 1",
             "policy": {
                 "model": model_dir,
                 "rpc": "GenerateStream",
-                "settings": {"dataset": "data/book_reviews.jsonl", "chat_template": True, "max_tokens": args.output_len,
-                             "temperature": 1.0, "duration_s_per_level": args.duration_s},
+                "settings": {
+                    "dataset": "data/book_reviews.jsonl",
+                    "chat_template": True,
+                    "max_tokens": args.output_len,
+                    "temperature": 1.0,
+                    "duration_s_per_level": args.duration_s,
+                },
                 "levels": policy_rows,
             },
             "reward": {
@@ -209,8 +237,11 @@ def main() -> None:
             "wall_s": round(time.perf_counter() - started, 1),
         },
     )
-    print(f"\n[bench-load] wrote {path}, {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'} "
-          f"in {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"\n[bench-load] wrote {path}, {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'} "
+        f"in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,14 @@ def synthetic_llama(path: Path, params: float) -> Path:
     per_layer = 4 * hidden * hidden * 0.5 + 2 * hidden * hidden + 3 * hidden * inter
     layers = max(1, round((params - 49152 * hidden) / per_layer))
     config = LlamaConfig(
-        vocab_size=49152, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
         torch_dtype="bfloat16",
     )
     with torch.device("meta"):
@@ -70,14 +76,28 @@ def lora_subset(tensors: list) -> list:
     return [(n, t) for n, t in tensors if any(f".{target}." in n for target in LORA_TARGETS)]
 
 
-def grpc_push(model_dir: Path, tensors: list, dtype: str, repeats: int, log: Path, partial: list | None = None) -> tuple[list[float], list[float]]:
+def grpc_push(
+    model_dir: Path, tensors: list, dtype: str, repeats: int, log: Path, partial: list | None = None
+) -> tuple[list[float], list[float]]:
     from rlhf.v1 import policy_pb2_grpc
     from services.common.client import open_channel
     from services.common.weight_stream import push_requests
 
     port = free_port()
-    args = ["--model", str(model_dir), "--port", str(port), "--metrics-port", "0", "--dtype", dtype,
-            "--max-model-len", "256", "--cpu-kvcache-gib", "1"]
+    args = [
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--metrics-port",
+        "0",
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        "256",
+        "--cpu-kvcache-gib",
+        "1",
+    ]
     server = ServerProcess("services.policy", args, log).start(f"127.0.0.1:{port}", 900)
     try:
         with open_channel(f"127.0.0.1:{port}") as channel:
@@ -98,13 +118,17 @@ def grpc_push(model_dir: Path, tensors: list, dtype: str, repeats: int, log: Pat
         server.stop()
 
 
-def disk_reload(model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None) -> tuple[list[float], list[float]]:
+def disk_reload(
+    model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None
+) -> tuple[list[float], list[float]]:
     from safetensors.torch import save_file
 
     from services.policy.config import PolicyConfig
     from services.policy.engine import VllmEngine
 
-    engine = VllmEngine(PolicyConfig(model=str(model_dir), dtype=dtype, max_model_len=256, cpu_kvcache_gib=1), str(model_dir))
+    engine = VllmEngine(
+        PolicyConfig(model=str(model_dir), dtype=dtype, max_model_len=256, cpu_kvcache_gib=1), str(model_dir)
+    )
     engine.start()
     loop = asyncio.new_event_loop()
     seconds: dict[str, list[float]] = {"full": [], "partial": []}
@@ -130,7 +154,9 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
     total = sum(t.numel() * t.element_size() for _, t in tensors)
     params = sum(t.numel() for _, t in tensors)
     print(f"[push] {label}: {params / 1e6:.0f} M params, {total / 1e9:.2f} GB ({dtype})", flush=True)
-    pushes, partial_pushes = grpc_push(model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial)
+    pushes, partial_pushes = grpc_push(
+        model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial
+    )
     candidate = statistics.median(pushes)
     print(f"[push] {label}: gRPC push {candidate:.2f} s ({total / candidate / 1e9:.2f} GB/s)", flush=True)
     reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial)
@@ -147,15 +173,26 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
             "disk_seconds": round(statistics.median(partial_reloads), 3),
             "ratio": round(statistics.median(partial_reloads) / statistics.median(partial_pushes), 3),
         }
-        print(f"[push] {label} LoRA subset ({size / 1e6:.0f} MB): gRPC {lora['grpc_seconds']} s, disk {lora['disk_seconds']} s", flush=True)
+        print(
+            f"[push] {label} LoRA subset ({size / 1e6:.0f} MB): gRPC {lora['grpc_seconds']} s, disk {lora['disk_seconds']} s",
+            flush=True,
+        )
     return {
         "lora_push": lora,
         "model": label,
         "parameters": params,
         "bytes": total,
         "dtype": dtype,
-        "baseline": {"name": "safetensors to disk + in-place reload", "seconds": round(baseline, 3), "gb_per_s": round(total / baseline / 1e9, 3)},
-        "candidate": {"name": "PushWeights over gRPC (send -> new version serving)", "seconds": round(candidate, 3), "gb_per_s": round(total / candidate / 1e9, 3)},
+        "baseline": {
+            "name": "safetensors to disk + in-place reload",
+            "seconds": round(baseline, 3),
+            "gb_per_s": round(total / baseline / 1e9, 3),
+        },
+        "candidate": {
+            "name": "PushWeights over gRPC (send -> new version serving)",
+            "seconds": round(candidate, 3),
+            "gb_per_s": round(total / candidate / 1e9, 3),
+        },
         "ratio": round(baseline / candidate, 3),
     }
 
@@ -167,7 +204,9 @@ def main() -> None:
     args = parser.parse_args()
     cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats, with_lora=True)]
     if args.synthetic_params > 0:
-        synthetic = synthetic_llama(RESULTS / "models" / f"synthetic-{args.synthetic_params:.0e}", args.synthetic_params)
+        synthetic = synthetic_llama(
+            RESULTS / "models" / f"synthetic-{args.synthetic_params:.0e}", args.synthetic_params
+        )
         cases.append(measure(f"synthetic-{args.synthetic_params / 1e9:g}b", synthetic, "bfloat16", args.repeats))
     path = write_result(
         "push",

@@ -38,8 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.machine import describe, machine  # noqa: E402
-
+from bench.machine import describe as describe_machine  # noqa: E402
+from bench.machine import machine  # noqa: E402
 from rlhf.v1 import reward_pb2, reward_pb2_grpc  # noqa: E402
 from services.common.client import open_aio_channel  # noqa: E402
 from services.common.config import describe, load_config, option  # noqa: E402
@@ -72,6 +72,12 @@ class BenchConfig:
     data_file: str = option("data/preferences.jsonl", "Where the prompt/completion pairs come from.")
     output: str = option("bench/results/reward.json", "JSON results file.")
     start_timeout_s: float = option(300.0, "How long the server may take to start.")
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.warmup_requests < 0 or self.max_batch_size < 1 or self.max_wait_ms < 0:
+            raise ValueError("requests and max_batch_size must be >= 1, warmup_requests and max_wait_ms >= 0")
+        if not self.concurrency or not all(level.isdigit() and int(level) >= 1 for level in self.concurrency):
+            raise ValueError(f"concurrency must be whole numbers >= 1, got {list(self.concurrency)}")
 
 
 def workload(path: Path) -> list[reward_pb2.ScoreItem]:
@@ -188,7 +194,9 @@ def bare_forward(config: BenchConfig) -> dict:
     size = config.max_batch_size
     model.score(items[:size])  # warm-up
     count = config.requests * 2
-    batches = [[items[(start + k) % len(items)] for k in range(min(size, count - start))] for start in range(0, count, size)]
+    batches = [
+        [items[(start + k) % len(items)] for k in range(min(size, count - start))] for start in range(0, count, size)
+    ]
     started = time.perf_counter()
     for batch in batches:
         model.score(batch)
@@ -240,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "compared": "pairs/s through the service (batching on, most clients) vs the bare model forward on the same pairs",
         "baseline": {"what": "in-process SimilarityReward.score, batches of max_batch_size, one caller", **bare},
-        "candidate": {"what": f"Score over gRPC, batching on, {results[-1]['concurrency']} concurrent clients", **results[-1]["on"]},
+        "candidate": {
+            "what": f"Score over gRPC, batching on, {results[-1]['concurrency']} concurrent clients",
+            **results[-1]["on"],
+        },
         "ratio": round(results[-1]["on"]["pairs_per_s"] / bare["pairs_per_s"], 3),
         "ratio_meaning": "service pairs/s over bare forward pairs/s (1.0 = the service costs nothing)",
         "results": results,
@@ -257,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             f"   {row['speedup']:>6.2f}x"
             f"   {on['p50_ms']:>6.1f}/{on['p99_ms']:<8.1f}   {off['p50_ms']:>6.1f}/{off['p99_ms']:.1f}"
         )
-    print(f"\nservice/bare forward = {report['ratio']} ({results[-1]['on']['pairs_per_s']} vs {bare['pairs_per_s']} pairs/s)")
-    print(describe(info))
+    print(
+        f"\nservice/bare forward = {report['ratio']} ({results[-1]['on']['pairs_per_s']} vs {bare['pairs_per_s']} pairs/s)"
+    )
+    print(describe_machine(info))
     print(f"wrote {output} in {report['duration_s']} s")
     failed = sum(row[mode]["failed"] for row in results for mode in MODES)
     return 1 if failed or code != 0 else 0

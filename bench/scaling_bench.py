@@ -3,7 +3,7 @@
     python -m bench.scaling_bench [--prompts 16] [--max-tokens 64] [--rounds 3]
 
 Baseline: one SmolLM2-135M policy replica on all cores, driven through the trainer's
-client (services/trainer/clients.py); candidate: two replicas, each bound to its own
+client (services/clients/policy.py); candidate: two replicas, each bound to its own
 half of the cores, through the same client, which splits each batch over them and
 pushes every version to both in parallel. On a CPU box both replicas share the same cores, so expect a
 ratio near 1 (the CPU is the limit, not the service); with one GPU per replica the
@@ -20,9 +20,9 @@ import time
 from bench.machine import RESULTS, write_result
 from bench.stack import services
 from rlhf.v1 import policy_pb2
+from services.clients.policy import PolicyClient
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
-from services.trainer.clients import PolicyClient
-from services.trainer.data import load_prompts
+from services.common.prompts import load_prompts
 
 REWARDS = '[[models]]\nname = "rules"\nkind = "rules"\ntarget_words = 30\n'
 
@@ -46,8 +46,14 @@ def measure(addresses: list[str], prompts: list[str], max_tokens: int, rounds: i
         push_s = time.perf_counter() - started
         served = {r.address: r.status().weight_version for r in client.replicas}
         assert set(served.values()) == {pushed.weight_version}, served
-        return {"replicas": len(addresses), "tokens": tokens, "generate_s": round(generate_s, 2),
-                "tokens_per_s": round(tokens / generate_s, 1), "push_s": round(push_s, 2), "push_bytes": pushed.total_bytes}
+        return {
+            "replicas": len(addresses),
+            "tokens": tokens,
+            "generate_s": round(generate_s, 2),
+            "tokens_per_s": round(tokens / generate_s, 1),
+            "push_s": round(push_s, 2),
+            "push_bytes": pushed.total_bytes,
+        }
     finally:
         client.close()
 
@@ -68,9 +74,15 @@ def main() -> None:
         one = measure(stack.policy, prompts, args.max_tokens, args.rounds, weights)
         print(f"[scaling] 1 replica on all {cores} cores: {one}", flush=True)
     # two engines spinning on the same cores thrash: each replica gets its own half of them
-    halves = [f"{i * cores // 2}-{(i + 1) * cores // 2 - 1}" if cores > 2 else str(i) for i in range(2)] if cores > 1 else ["0", "0"]
+    halves = (
+        [f"{i * cores // 2}-{(i + 1) * cores // 2 - 1}" if cores > 2 else str(i) for i in range(2)]
+        if cores > 1
+        else ["0", "0"]
+    )
     binding = [["--cpu-threads-bind", half] for half in halves]
-    with services(model_dir, REWARDS, RESULTS / "logs" / "scaling-2", replicas=2, label="scaling", policy_args=binding) as stack2:
+    with services(
+        model_dir, REWARDS, RESULTS / "logs" / "scaling-2", replicas=2, label="scaling", policy_args=binding
+    ) as stack2:
         two = measure(stack2.policy, prompts, args.max_tokens, args.rounds, weights)
         two["cpu_binding"] = halves
         print(f"[scaling] 2 replicas on cores {halves}: {two}", flush=True)
@@ -83,13 +95,14 @@ def main() -> None:
         "ratio": round(ratio, 3),
         "ratio_meaning": "tokens/s with 2 replicas over 1; the push row shows the cost of pushing to both in parallel",
         "limit": f"both replicas share this machine's {cores} CPU cores (each bound to its own half), so a second replica "
-                 "adds no compute; without the binding the two engines' threads thrash the same cores (0.33x measured)",
+        "adds no compute; the binding keeps the two engines' threads off each other's cores (an unbound "
+        "2-replica run is not measured here)",
         "projection_gpu": {
             "assumption": "one GPU per replica; a replica's throughput t1 does not depend on the others; the client's split "
-                          "costs one extra Generate call per replica per batch (gRPC overhead, see generation.json)",
+            "costs one extra Generate call per replica per batch (gRPC overhead, see generation.json)",
             "formula": "t_N = N * t1 * (1 - overhead), overhead = 1 - generation.json ratio",
             "push": "pushes go to all replicas in parallel: push_N ~= push_1 while the trainer's uplink is not the limit; "
-                    "with a shared uplink of B GB/s, push_N ~= N * model_bytes / B",
+            "with a shared uplink of B GB/s, push_N ~= N * model_bytes / B",
         },
         "service_exit_codes": {"one_replica": stack.exit_codes, "two_replicas": stack2.exit_codes},
     }

@@ -21,8 +21,14 @@ class Stack:
 
 @contextlib.contextmanager
 def services(
-    model_dir: str, rewards_toml: str, logs: Path, replicas: int = 1, kvcache_gib: int = 1, start_timeout_s: float = 900,
-    label: str = "bench", policy_args: list[list[str]] | None = None,
+    model_dir: str,
+    rewards_toml: str,
+    logs: Path,
+    replicas: int = 1,
+    kvcache_gib: int = 1,
+    start_timeout_s: float = 900,
+    label: str = "bench",
+    policy_args: list[list[str]] | None = None,
 ) -> Iterator[Stack]:
     """Starts `replicas` policy servers (replica i gets `policy_args[i]` too) and one reward server."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -30,12 +36,27 @@ def services(
     processes: dict[str, tuple[ServerProcess, str]] = {}
     for i in range(replicas):
         port = free_port()
-        args = ["--model", model_dir, "--port", str(port), "--metrics-port", str(free_port()), "--cpu-kvcache-gib", str(kvcache_gib),
-                *(policy_args[i] if policy_args else [])]
-        processes[f"policy-{i}"] = (ServerProcess("services.policy", args, logs / f"policy-{i}.log"), f"127.0.0.1:{port}")
+        args = [
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(free_port()),
+            "--cpu-kvcache-gib",
+            str(kvcache_gib),
+            *(policy_args[i] if policy_args else []),
+        ]
+        processes[f"policy-{i}"] = (
+            ServerProcess("services.policy", args, logs / f"policy-{i}.log"),
+            f"127.0.0.1:{port}",
+        )
     port = free_port()
     args = ["--port", str(port), "--metrics-port", str(free_port()), "--models-file", str(logs / "rewards.toml")]
-    processes["reward"] = (ServerProcess("services.reward", args, logs / "reward.log", env={"HF_HUB_OFFLINE": "1"}), f"127.0.0.1:{port}")
+    processes["reward"] = (
+        ServerProcess("services.reward", args, logs / "reward.log", env={"HF_HUB_OFFLINE": "1"}),
+        f"127.0.0.1:{port}",
+    )
     started = time.perf_counter()
     stack = Stack([a for n, (_, a) in processes.items() if n.startswith("policy")], processes["reward"][1], 0.0)
     try:

@@ -24,7 +24,8 @@ from pathlib import Path
 from bench.machine import RESULTS, write_result
 from bench.stack import services
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
-from services.trainer.config import TrainerConfig
+from services.common.sections import Endpoints, Run
+from services.trainer.config import Rewards, TrainerConfig
 from services.trainer.loop import Trainer
 
 REWARDS = """\
@@ -43,8 +44,14 @@ PHASES = ("generate", "score", "wait", "train", "push")
 
 def run(mode: str, policy: str, reward: str, model_dir: str, out: Path, steps: int, reward_model: str) -> dict:
     config = TrainerConfig(
-        policy_address=policy, reward_address=reward, model=model_dir, output_dir=str(out / mode), reward_model=reward_model,
-        steps=steps, async_rollouts=mode == "async", max_staleness=1, checkpoint_every=0, seed=0,
+        model=model_dir,
+        steps=steps,
+        async_rollouts=mode == "async",
+        max_staleness=1,
+        checkpoint_every=0,
+        rewards=Rewards(model=reward_model),
+        endpoints=Endpoints(policy=policy, reward=reward),
+        run=Run(output_dir=str(out / mode), seed=0),
     )
     trainer = Trainer(config)
     try:
@@ -54,11 +61,21 @@ def run(mode: str, policy: str, reward: str, model_dir: str, out: Path, steps: i
     records = summary["steps"][1:]  # the first step warms caches up
     mean = {p: round(statistics.fmean(r["seconds"].get(p, 0.0) for r in records), 2) for p in PHASES}
     step_s = statistics.fmean(
-        sum(v for k, v in r["seconds"].items() if k in (("wait", "train", "push") if mode == "async" else ("generate", "score", "train", "push")))
+        sum(
+            v
+            for k, v in r["seconds"].items()
+            if k in (("wait", "train", "push") if mode == "async" else ("generate", "score", "train", "push"))
+        )
         for r in records
     )
-    result = {"mode": mode, "step_s": round(step_s, 2), "seconds": mean, "steps_measured": len(records),
-              "staleness": [r["staleness"] for r in summary["steps"]], "dropped_batches": sum(r["dropped_batches"] for r in summary["steps"])}
+    result = {
+        "mode": mode,
+        "step_s": round(step_s, 2),
+        "seconds": mean,
+        "steps_measured": len(records),
+        "staleness": [r["staleness"] for r in summary["steps"]],
+        "dropped_batches": sum(r["dropped_batches"] for r in summary["steps"]),
+    }
     if mode == "async":
         produced = mean["generate"] + mean["score"]
         result["hidden_generation_share"] = round(1 - mean["wait"] / produced, 3) if produced else None
@@ -71,8 +88,11 @@ def projection(sync: dict) -> dict:
     max(train + push, generate + score), from the sync run's phases."""
     t = sync["seconds"]
     overlapped = max(t["train"] + t["push"], t["generate"] + t["score"])
-    return {"formula": "max(train + push, generate + score) of the sync phases", "step_s": round(overlapped, 2),
-            "ratio": round(sync["step_s"] / overlapped, 3)}
+    return {
+        "formula": "max(train + push, generate + score) of the sync phases",
+        "step_s": round(overlapped, 2),
+        "ratio": round(sync["step_s"] / overlapped, 3),
+    }
 
 
 def main() -> None:
@@ -81,7 +101,10 @@ def main() -> None:
     parser.add_argument("--reward-model", default="similarity", choices=("similarity", "rules"))
     args = parser.parse_args()
     model_dir = str(prepare_smollm2(DEFAULT_CACHE))
-    with tempfile.TemporaryDirectory(prefix="step-bench-") as tmp, services(model_dir, REWARDS, RESULTS / "logs" / "step", label="step") as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="step-bench-") as tmp,
+        services(model_dir, REWARDS, RESULTS / "logs" / "step", label="step") as stack,
+    ):
         sync = run("sync", stack.policy[0], stack.reward, model_dir, Path(tmp), args.steps, args.reward_model)
         asynchronous = run("async", stack.policy[0], stack.reward, model_dir, Path(tmp), args.steps, args.reward_model)
     result = {
@@ -95,7 +118,9 @@ def main() -> None:
         "service_exit_codes": stack.exit_codes,
     }
     path = write_result("step", result)
-    print(f"[step] sync/async = {result['ratio']}, hidden generation share {asynchronous.get('hidden_generation_share')} -> {path}")
+    print(
+        f"[step] sync/async = {result['ratio']}, hidden generation share {asynchronous.get('hidden_generation_share')} -> {path}"
+    )
 
 
 if __name__ == "__main__":

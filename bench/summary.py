@@ -7,6 +7,7 @@ Fails when a result lacks one of the fields every benchmark must write.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -20,16 +21,26 @@ def headline(value) -> str:
     """The number a reader compares: the first of the usual throughput/time keys, else the value itself."""
     if not isinstance(value, dict):
         return f"{value:.4g}" if isinstance(value, float) else str(value)
-    for key, unit in (("tokens_per_s", "tok/s"), ("output_token_throughput", "tok/s"), ("pairs_per_s", "pairs/s"),
-                      ("seconds", "s"), ("step_s", "s/step"), ("success_share", "succeeded"), ("reward", "reward")):
+    for key, unit in (
+        ("tokens_per_s", "tok/s"),
+        ("output_token_throughput", "tok/s"),
+        ("pairs_per_s", "pairs/s"),
+        ("seconds", "s"),
+        ("step_s", "s/step"),
+        ("success_share", "succeeded"),
+        ("reward", "reward"),
+    ):
         if key in value and isinstance(value[key], (int, float)):
             return f"{value[key]:.4g} {unit}"
     return "see JSON"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__.splitlines()[0]).parse_args(argv)
     rows, problems = [], []
-    names = sorted((p.stem for p in RESULTS.glob("*.json")), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = sorted(
+        (p.stem for p in RESULTS.glob("*.json")), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)
+    )
     for name in names:
         result = json.loads((RESULTS / f"{name}.json").read_text())
         missing = [key for key in REQUIRED if key not in result]
@@ -40,8 +51,10 @@ def main() -> int:
         where = f"{machine.get('cores')} cores" + (f", {machine['gpu']}" if machine.get("gpu") else ", no GPU")
         compared = result.get("compared") or result.get("ratio_meaning", "")
         ratio = result["ratio"]
-        rows.append(f"| {name} | {compared} | {headline(result['baseline'])} | {headline(result['candidate'])} | "
-                    f"{ratio if ratio is None else f'{ratio:.3g}'} | {where} |")
+        rows.append(
+            f"| {name} | {compared} | {headline(result['baseline'])} | {headline(result['candidate'])} | "
+            f"{ratio if ratio is None else f'{ratio:.3g}'} | {where} |"
+        )
     print("| benchmark | compared | baseline | candidate | ratio | machine |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))

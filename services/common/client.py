@@ -1,7 +1,9 @@
-"""Client-side helpers: channels with the right limits, and waiting on health."""
+"""Client-side helpers: channels with the right limits, waiting on health, the loopback guard."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 
 import grpc
@@ -21,7 +23,9 @@ def open_channel(address: str, max_message_mb: int = 64, security: ClientSecurit
     return secure_channel(address, security, channel_options(max_message_mb))
 
 
-def open_aio_channel(address: str, max_message_mb: int = 64, security: ClientSecurity | None = None) -> grpc.aio.Channel:
+def open_aio_channel(
+    address: str, max_message_mb: int = 64, security: ClientSecurity | None = None
+) -> grpc.aio.Channel:
     security = ClientSecurity.from_env() if security is None else security
     return secure_aio_channel(address, security, channel_options(max_message_mb))
 
@@ -50,3 +54,15 @@ def wait_until_serving(
                 last_error = exc.code().name
             time.sleep(0.5)
     raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f} s (last: {last_error})")
+
+
+def require_loopback(address: str) -> None:
+    """Refuses a host:port that resolves to anything but loopback (simulated load stays on this machine)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {address!r}: {exc}") from exc
+    outside = sorted(a for a in resolved if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if outside:
+        raise ValueError(f"{address!r} resolves to {outside}: the simulator only sends traffic to loopback addresses")

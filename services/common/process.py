@@ -27,7 +27,7 @@ class ServerProcess:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def launch(self) -> "ServerProcess":
+    def launch(self) -> ServerProcess:
         """Starts the process without waiting (start several, then wait on each)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
@@ -36,7 +36,7 @@ class ServerProcess:
             )
         return self
 
-    def wait_serving(self, address: str, timeout_s: float, progress: str = "") -> "ServerProcess":
+    def wait_serving(self, address: str, timeout_s: float, progress: str = "") -> ServerProcess:
         """Waits on the health service; with `progress`, prints a line every 10 s of waiting."""
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
@@ -48,13 +48,15 @@ class ServerProcess:
             except TimeoutError as exc:
                 if time.monotonic() >= deadline:
                     self.stop()
-                    raise RuntimeError(f"{self.module} did not start: {exc}\n--- log tail ---\n{self.log_tail()}") from exc
+                    raise RuntimeError(
+                        f"{self.module} did not start: {exc}\n--- log tail ---\n{self.log_tail()}"
+                    ) from exc
                 if progress:
                     print(f"{progress}: still starting ({time.monotonic() - started:.0f} s)", flush=True)
             except RuntimeError as exc:
                 raise RuntimeError(f"{self.module} did not start: {exc}\n--- log tail ---\n{self.log_tail()}") from exc
 
-    def start(self, address: str, timeout_s: float) -> "ServerProcess":
+    def start(self, address: str, timeout_s: float) -> ServerProcess:
         return self.launch().wait_serving(address, timeout_s)
 
     def log_tail(self, lines: int = 60) -> str:

@@ -59,7 +59,11 @@ METHOD_SCOPES: dict[str, dict[str, str]] = {
         "GetStats": "admin",
     },
 }
-PUBLIC_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection")
+PUBLIC_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 
 class Unauthenticated(ServiceError):
@@ -110,7 +114,7 @@ class TokenAuthenticator:
         self.public_health = public_health
 
     @classmethod
-    def from_file(cls, path: str, public_health: bool = True) -> "TokenAuthenticator":
+    def from_file(cls, path: str, public_health: bool = True) -> TokenAuthenticator:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
         entries = []
@@ -153,7 +157,9 @@ def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") 
     """TLS for a server; with a client CA, clients must present a certificate it signed (mTLS)."""
     pair = (Path(key_file).read_bytes(), Path(cert_file).read_bytes())
     if client_ca_file:
-        return grpc.ssl_server_credentials([pair], root_certificates=Path(client_ca_file).read_bytes(), require_client_auth=True)
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=Path(client_ca_file).read_bytes(), require_client_auth=True
+        )
     return grpc.ssl_server_credentials([pair])
 
 
@@ -166,7 +172,7 @@ class ClientSecurity:
     tls_server_name: str = ""
 
     @classmethod
-    def from_env(cls, prefix: str = "RLHF_CLIENT_") -> "ClientSecurity":
+    def from_env(cls, prefix: str = "RLHF_CLIENT_") -> ClientSecurity:
         token = os.environ.get(prefix + "TOKEN", "")
         token_file = os.environ.get(prefix + "TOKEN_FILE", "")
         if not token and token_file:
@@ -189,8 +195,12 @@ class ClientSecurity:
         return grpc.ssl_channel_credentials(Path(self.tls_ca_file).read_bytes(), key, cert)
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Adds `authorization: Bearer <token>` to every call (works on plaintext channels too)."""
 
     def __init__(self, token: str) -> None:
@@ -236,8 +246,12 @@ def secure_channel(address: str, security: ClientSecurity, options: list) -> grp
     return channel
 
 
-class _AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                      grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _AioBearerToken(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
     """The asyncio twin of `_BearerToken`."""
 
     def __init__(self, token: str) -> None:
@@ -245,7 +259,9 @@ class _AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStream
 
     def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials, details.wait_for_ready)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
 
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with_token(details), request)
@@ -265,5 +281,7 @@ def secure_aio_channel(address: str, security: ClientSecurity, options: list) ->
         options = [*options, ("grpc.ssl_target_name_override", security.tls_server_name)]
     interceptors = [_AioBearerToken(security.token)] if security.token else None
     if security.tls:
-        return grpc.aio.secure_channel(address, security.channel_credentials(), options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            address, security.channel_credentials(), options=options, interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)

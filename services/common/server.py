@@ -8,6 +8,7 @@ while draining on SIGTERM/SIGINT, so load balancers stop sending work first.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -36,13 +37,26 @@ class ServingConfig:
     metrics_port: int = option(9100, "Prometheus /metrics HTTP port (0 disables it).")
     max_message_mb: int = option(64, "Largest gRPC message accepted or sent, in MiB.")
     grace_s: float = option(30.0, "Seconds in-flight RPCs get to finish on shutdown before they are cancelled.")
-    shutdown_delay_s: float = option(1.0, "On SIGTERM, seconds health reports NOT_SERVING while still serving (so balancers move away) before the drain starts.")
+    shutdown_delay_s: float = option(
+        1.0,
+        "On SIGTERM, seconds health reports NOT_SERVING while still serving (so balancers move away) before the drain starts.",
+    )
     log_level: str = option("INFO", "Python logging level.")
-    auth_tokens_file: str = option("", "TOML file declaring bearer tokens, scopes and tenants (see services/common/security.py). Empty: no authentication.")
+    auth_tokens_file: str = option(
+        "",
+        "TOML file declaring bearer tokens, scopes and tenants (see services/common/security.py). Empty: no authentication.",
+    )
     public_health: bool = option(True, "Serve health checks and reflection without a token.")
     tls_cert_file: str = option("", "PEM certificate chain; with tls_key_file, the server speaks TLS only.")
     tls_key_file: str = option("", "PEM private key for tls_cert_file.")
-    tls_client_ca_file: str = option("", "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).")
+    tls_client_ca_file: str = option(
+        "", "PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
+    )
+    insecure: bool = option(
+        False,
+        "Allow binding a non-loopback address without authentication (no auth_tokens_file and no tls_client_ca_file): "
+        "anyone who reaches the port may then push weights, roll back and read all feedback. Off: such a start is refused.",
+    )
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,38 @@ def setup_logging(level: str) -> None:
     )
 
 
+class InsecureBinding(ValueError):
+    """A non-loopback bind without authentication that `--insecure` did not explicitly allow."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServingConfig) -> None:
+    """Refuses a server that anyone on the network could drive (admin RPCs included) unless asked to.
+
+    Authentication is a bearer-token file or mutual TLS; loopback needs none (only this host reaches it).
+    """
+    authenticated = bool(config.auth_tokens_file or config.tls_client_ca_file)
+    if authenticated or is_loopback(config.host):
+        return
+    if not config.insecure:
+        raise InsecureBinding(
+            f"refusing to serve on {config.host}:{config.port} without authentication: give --auth-tokens-file "
+            "(bearer tokens with scopes, see services/common/security.py) or --tls-client-ca-file, bind "
+            "--host 127.0.0.1, or pass --insecure to allow anyone who reaches the port to call every RPC"
+        )
+    log.warning(
+        "--insecure: no authentication on %s:%d, anyone who reaches it can call every RPC", config.host, config.port
+    )
+
+
 def channel_options(max_message_mb: int) -> list[tuple[str, int]]:
     """Message limits (the 4 MiB default is too small for batches and weight chunks)."""
     limit = max_message_mb * 1024 * 1024
@@ -74,13 +120,19 @@ async def run_server(
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serves until SIGTERM/SIGINT, then drains for `config.grace_s` and returns."""
+    """Serves until SIGTERM/SIGINT, then drains for `config.grace_s` and returns.
+
+    Exits with status 2 (one clear log line) before binding anything if `check_exposure` refuses the config.
+    """
+    try:
+        check_exposure(config)
+    except InsecureBinding as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     authenticator = None
     if config.auth_tokens_file:
         authenticator = TokenAuthenticator.from_file(config.auth_tokens_file, config.public_health)
         log.info("authentication on: bearer tokens from %s", config.auth_tokens_file)
-    elif config.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("no --auth-tokens-file: anyone who reaches %s:%d can call every RPC", config.host, config.port)
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(authenticator)], options=channel_options(config.max_message_mb)
     )
@@ -130,7 +182,11 @@ async def run_server(
             log.info("serving")
             await stop.wait()
         await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        log.info("shutting down: NOT_SERVING for %.1f s, then draining for up to %.1f s", config.shutdown_delay_s, config.grace_s)
+        log.info(
+            "shutting down: NOT_SERVING for %.1f s, then draining for up to %.1f s",
+            config.shutdown_delay_s,
+            config.grace_s,
+        )
         await asyncio.sleep(config.shutdown_delay_s)
         await server.stop(config.grace_s)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,24 +28,59 @@ if sys.byteorder != "little":  # the wire format is little-endian raw memory
     raise ImportError("weight_stream needs a little-endian machine")
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+MAX_NOTE_CHARS = 256
+MAX_PUSH_ID_CHARS = 64
+_PUSH_ID = re.compile(r"[A-Za-z0-9_.:-]*")
 
-_TORCH_BY_WIRE = {
-    common_pb2.DTYPE_FLOAT32: torch.float32,
-    common_pb2.DTYPE_FLOAT16: torch.float16,
-    common_pb2.DTYPE_BFLOAT16: torch.bfloat16,
-}
-_WIRE_BY_TORCH = {v: k for k, v in _TORCH_BY_WIRE.items()}
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+@dataclass(frozen=True)
+class PushDtype:
+    """One dtype a push may carry, under each name the wire, torch and safetensors give it."""
+
+    name: str  # the name in digests, NcclTensor.dtype and configs ("float32")
+    torch: torch.dtype
+    wire: int  # rlhf.v1.DType value in TensorChunk.dtype
+    safetensors: str  # dtype string in a safetensors header
+    itemsize: int  # bytes per element
+
+
+# The one table of pushable dtypes: every sender, receiver, stager and config check reads it.
+PUSH_DTYPES: tuple[PushDtype, ...] = (
+    PushDtype("float32", torch.float32, common_pb2.DTYPE_FLOAT32, "F32", 4),
+    PushDtype("float16", torch.float16, common_pb2.DTYPE_FLOAT16, "F16", 2),
+    PushDtype("bfloat16", torch.bfloat16, common_pb2.DTYPE_BFLOAT16, "BF16", 2),
+)
+PUSH_DTYPE_NAMES: tuple[str, ...] = tuple(d.name for d in PUSH_DTYPES)
+_BY_NAME = {d.name: d for d in PUSH_DTYPES}
+_BY_TORCH = {d.torch: d for d in PUSH_DTYPES}
+_BY_WIRE = {d.wire: d for d in PUSH_DTYPES}
+
+
+def push_dtype(dtype: torch.dtype) -> PushDtype:
+    """The table entry of a tensor's dtype, or INVALID_ARGUMENT for one that cannot be pushed."""
+    if dtype not in _BY_TORCH:
+        raise InvalidArgument(f"dtype {dtype} cannot be pushed; use {', '.join(PUSH_DTYPE_NAMES)}")
+    return _BY_TORCH[dtype]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a configured push dtype name ("bfloat16"); ValueError for any other name."""
+    if name not in _BY_NAME:
+        raise ValueError(f"push_dtype must be one of {sorted(PUSH_DTYPE_NAMES)}, got {name!r}")
+    return _BY_NAME[name].torch
+
+
+def dtype_named(name: str) -> PushDtype | None:
+    """The table entry of a dtype name as NcclTensor.dtype carries it; None if it is not pushable."""
+    return _BY_NAME.get(name)
 
 
 def wire_dtype(dtype: torch.dtype) -> int:
-    if dtype not in _WIRE_BY_TORCH:
-        raise InvalidArgument(f"dtype {dtype} cannot be pushed; use float32, float16 or bfloat16")
-    return _WIRE_BY_TORCH[dtype]
+    return push_dtype(dtype).wire
 
 
-def _digest_header(digest: "hashlib._Hash", name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
-    digest.update(name.encode() + b"\0" + DTYPE_NAMES[dtype].encode() + b"\0")
+def _digest_header(digest: hashlib._Hash, name: str, dtype: PushDtype, shape: tuple[int, ...]) -> None:
+    digest.update(name.encode() + b"\0" + dtype.name.encode() + b"\0")
     digest.update(",".join(str(d) for d in shape).encode() + b"\0")
 
 
@@ -53,36 +89,97 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
+def weights_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> bytes:
+    """The digest PushCommit.sha256 defines, for a push whose bytes do not travel in the stream (NCCL)."""
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        _digest_header(digest, name, push_dtype(tensor.dtype), tuple(tensor.shape))
+        digest.update(_raw_bytes(tensor))
+    return digest.digest()
+
+
+def push_begin(
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    expected_version: int | None = None,
+    note: str = "",
+    version: int | None = None,
+    push_id: str = "",
+) -> policy_pb2.PushBegin:
+    """The PushBegin of a push of `tensors`: counts, guards, note and identity (streamed and NCCL pushes alike)."""
+    items = list(tensors)
+    begin = policy_pb2.PushBegin(
+        num_tensors=len(items),
+        total_bytes=sum(math.prod(t.shape) * t.element_size() for _, t in items),
+        note=note,
+        push_id=push_id,
+    )
+    if expected_version is not None:
+        begin.expected_version = expected_version
+    if version is not None:
+        begin.version = version
+    return begin
+
+
 def push_requests(
     tensors: Iterable[tuple[str, torch.Tensor]],
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     expected_version: int | None = None,
     note: str = "",
+    version: int | None = None,
+    push_id: str = "",
 ) -> Iterator[policy_pb2.PushWeightsRequest]:
-    """Yields the request stream of one push (sender half)."""
+    """Yields the request stream of one push (sender half); `version` and `push_id` go into its PushBegin."""
     items = list(tensors)
-    begin = policy_pb2.PushBegin(
-        num_tensors=len(items),
-        total_bytes=sum(t.numel() * t.element_size() for _, t in items),
-        note=note,
-    )
-    if expected_version is not None:
-        begin.expected_version = expected_version
-    yield policy_pb2.PushWeightsRequest(begin=begin)
+    yield policy_pb2.PushWeightsRequest(begin=push_begin(items, expected_version, note, version, push_id))
     digest = hashlib.sha256()
     for name, tensor in items:
-        dtype = wire_dtype(tensor.dtype)
+        dtype = push_dtype(tensor.dtype)
         shape = tuple(tensor.shape)
-        _digest_header(digest, name, tensor.dtype, shape)
+        _digest_header(digest, name, dtype, shape)
         raw = _raw_bytes(tensor)
         digest.update(raw)
         for offset in range(0, max(len(raw), 1), chunk_bytes):
             chunk = common_pb2.TensorChunk(name=name, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes())
             if offset == 0:
-                chunk.dtype = dtype
+                chunk.dtype = dtype.wire
                 chunk.shape.extend(shape)
             yield policy_pb2.PushWeightsRequest(chunk=chunk)
     yield policy_pb2.PushWeightsRequest(commit=policy_pb2.PushCommit(sha256=digest.digest()))
+
+
+@dataclass(frozen=True)
+class PushHeader:
+    """A push's PushBegin, parsed and checked once (streamed and NCCL pushes read it the same way)."""
+
+    num_tensors: int
+    total_bytes: int
+    note: str
+    expected_version: int | None  # refuse unless this version serves at commit
+    version: int | None  # serve as this number instead of the next free one
+    push_id: str  # client-chosen identity, recorded with the version ("" if none)
+
+
+def parse_begin(begin: policy_pb2.PushBegin, max_total_bytes: int) -> PushHeader:
+    """The checked header of a push, or INVALID_ARGUMENT saying which field is wrong and what the limit is."""
+    if begin.num_tensors == 0:
+        raise InvalidArgument("push declares no tensors")
+    if begin.total_bytes > max_total_bytes:
+        raise InvalidArgument(f"push declares {begin.total_bytes} bytes; this server accepts at most {max_total_bytes}")
+    if len(begin.note) > MAX_NOTE_CHARS:
+        raise InvalidArgument(f"note has {len(begin.note)} characters; at most {MAX_NOTE_CHARS}")
+    if len(begin.push_id) > MAX_PUSH_ID_CHARS or not _PUSH_ID.fullmatch(begin.push_id):
+        raise InvalidArgument(
+            f"push_id must be at most {MAX_PUSH_ID_CHARS} letters, digits, '-', '_', '.' or ':' "
+            f"(got {len(begin.push_id)} characters)"
+        )
+    return PushHeader(
+        num_tensors=int(begin.num_tensors),
+        total_bytes=int(begin.total_bytes),
+        note=begin.note,
+        expected_version=int(begin.expected_version) if begin.HasField("expected_version") else None,
+        version=int(begin.version) if begin.HasField("version") else None,
+        push_id=begin.push_id,
+    )
 
 
 # Checkpoint modules vLLM fuses into one parameter when it loads them, by HF `model_type`.
@@ -125,6 +222,81 @@ class TensorSpec:
     """What the served model expects for one name."""
 
     shape: tuple[int, ...]
+    dtype: str = ""  # the served checkpoint's safetensors dtype ("F32", "BF16", "I64", ...); "" = not known
+
+
+# Checkpoint dtypes a floating push may replace (the engine casts it to its own dtype on load).
+FLOATING_CHECKPOINT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+
+class DeclaredTensors:
+    """The one check of a push's tensors against the served model, for streamed and NCCL pushes alike.
+
+    A streamed push declares each tensor as its first chunk arrives; an NCCL push
+    lists them all in BeginNcclPush. Both call `declare` per tensor and `finish`
+    once, so the same push is refused with the same message on either path.
+    With `require_complete` the push must carry every tensor, or, where
+    `fused_groups` is given, every tensor of each load unit it touches.
+    """
+
+    def __init__(
+        self,
+        manifest: Mapping[str, TensorSpec],
+        header: PushHeader,
+        require_complete: bool = True,
+        fused_groups: tuple[tuple[str, ...], ...] | None = None,
+    ) -> None:
+        self.manifest, self.header = manifest, header
+        self.require_complete, self.fused_groups = require_complete, fused_groups
+        self.names: list[str] = []
+        self.total_bytes = 0
+
+    def declare(self, name: str, dtype: PushDtype | None, shape: tuple[int, ...], got_dtype: object = None) -> int:
+        """Accepts the next tensor (`dtype` None: not a pushable dtype, `got_dtype` says what was sent); its bytes."""
+        if name not in self.manifest:
+            raise InvalidArgument(f"unknown tensor {name!r}: not a parameter of the served model")
+        if name in self.names:
+            raise InvalidArgument(f"tensor {name!r} declared twice")
+        if dtype is None:
+            raise InvalidArgument(f"{name}: dtype must be one of {', '.join(PUSH_DTYPE_NAMES)}, got {got_dtype!r}")
+        expected = self.manifest[name].shape
+        if shape != expected:
+            raise InvalidArgument(f"{name}: shape {shape} does not match the served model's {expected}")
+        served = self.manifest[name].dtype
+        if served and served not in FLOATING_CHECKPOINT_DTYPES:
+            raise InvalidArgument(
+                f"{name}: the served checkpoint holds it as {served}; a {dtype.name} push cannot replace it"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        self.names.append(name)
+        self.total_bytes += nbytes
+        return nbytes
+
+    def finish(self) -> None:
+        """Checks the declared counts and the completeness rule once every tensor is declared."""
+        if len(self.names) != self.header.num_tensors:
+            raise InvalidArgument(f"push declares {self.header.num_tensors} tensors but carries {len(self.names)}")
+        if self.total_bytes != self.header.total_bytes:
+            raise InvalidArgument(
+                f"push declares {self.header.total_bytes} bytes but its tensors hold {self.total_bytes}"
+            )
+        if not self.require_complete:
+            return
+        if self.fused_groups is not None:
+            missing = incomplete_units(self.names, self.manifest, self.fused_groups)
+            if missing:
+                raise InvalidArgument(
+                    f"partial push misses {len(missing)} tensors of the layers it touches (first: {missing[0]}); "
+                    "a partial push carries every tensor of a touched module and all of its fused siblings "
+                    f"({', '.join('/'.join(g) for g in self.fused_groups)})"
+                )
+            return
+        missing = sorted(set(self.manifest) - set(self.names))
+        if missing:
+            raise InvalidArgument(
+                f"push misses {len(missing)} of the model's tensors (first: {missing[0]}); "
+                "this server only applies complete pushes"
+            )
 
 
 @dataclass(frozen=True)
@@ -133,10 +305,18 @@ class StagedPush:
 
     names: tuple[str, ...]
     total_bytes: int
-    note: str
-    expected_version: int | None
+    header: PushHeader
+    sha256: bytes  # the verified digest: the pushed weights' identity next to header.push_id
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # MemorySink: the tensors themselves
     path: Path | None = None  # a file sink: the staged file
+
+    @property
+    def note(self) -> str:
+        return self.header.note
+
+    @property
+    def expected_version(self) -> int | None:
+        return self.header.expected_version
 
 
 class TensorSink(Protocol):
@@ -167,7 +347,9 @@ class MemorySink:
         self._filled += len(data)
 
     def close_tensor(self) -> None:
-        tensor = torch.frombuffer(self._buffer, dtype=self._dtype) if self._buffer else torch.empty(0, dtype=self._dtype)
+        tensor = (
+            torch.frombuffer(self._buffer, dtype=self._dtype) if self._buffer else torch.empty(0, dtype=self._dtype)
+        )
         self.tensors[self._name] = tensor.reshape(self._shape)
         self._buffer = bytearray()
 
@@ -178,15 +360,20 @@ class MemorySink:
         self.tensors.clear()
 
 
+def _wire_name(value: int) -> str:
+    try:
+        return common_pb2.DType.Name(value)
+    except ValueError:
+        return str(value)
+
+
 @dataclass
 class PushAssembler:
     """Receiver half: feed requests in order, then `finish()` for the verified push.
 
-    `manifest` maps every accepted name to its shape; with `require_complete` the
-    push must carry every name (the engine fuses q/k/v and gate/up, so a partial
-    layer would load garbage), unless `fused_groups` (see FUSED_GROUPS) is given:
-    then a subset is accepted when every load unit it touches is whole. The bytes go
-    to `sink` as they arrive (default: memory); on any failure call `discard()`.
+    `manifest` maps every accepted name to its shape; the tensors are checked by
+    `DeclaredTensors` (see there for `require_complete` and `fused_groups`). The
+    bytes go to `sink` as they arrive (default: memory); on any failure call `discard()`.
     """
 
     manifest: Mapping[str, TensorSpec]
@@ -194,14 +381,19 @@ class PushAssembler:
     require_complete: bool = True
     fused_groups: tuple[tuple[str, ...], ...] | None = None
     sink: TensorSink = field(default_factory=MemorySink)
-    _begin: policy_pb2.PushBegin | None = None
-    _names: list[str] = field(default_factory=list)
+    _header: PushHeader | None = None
+    _declared: DeclaredTensors | None = None
     _current: str | None = None
     _size: int = 0
     _filled: int = 0
     _received: int = 0
-    _digest: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    _digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     _committed: bytes | None = None
+
+    @property
+    def header(self) -> PushHeader | None:
+        """The parsed PushBegin once it has arrived."""
+        return self._header
 
     def feed(self, request: policy_pb2.PushWeightsRequest) -> None:
         kind = request.WhichOneof("item")
@@ -209,7 +401,7 @@ class PushAssembler:
             raise InvalidArgument("push has messages after commit")
         if kind == "begin":
             self._on_begin(request.begin)
-        elif self._begin is None:
+        elif self._header is None:
             raise InvalidArgument("push must start with a `begin` message")
         elif kind == "chunk":
             self._on_chunk(request.chunk)
@@ -220,17 +412,10 @@ class PushAssembler:
             raise InvalidArgument("empty PushWeightsRequest (set begin, chunk or commit)")
 
     def _on_begin(self, begin: policy_pb2.PushBegin) -> None:
-        if self._begin is not None:
+        if self._header is not None:
             raise InvalidArgument("push has two `begin` messages")
-        if begin.total_bytes > self.max_total_bytes:
-            raise InvalidArgument(
-                f"push declares {begin.total_bytes} bytes; this server accepts at most {self.max_total_bytes}"
-            )
-        if begin.num_tensors == 0:
-            raise InvalidArgument("push declares no tensors")
-        if len(begin.note) > 256:
-            raise InvalidArgument(f"note has {len(begin.note)} characters; at most 256")
-        self._begin = begin
+        self._header = parse_begin(begin, self.max_total_bytes)
+        self._declared = DeclaredTensors(self.manifest, self._header, self.require_complete, self.fused_groups)
 
     def _on_chunk(self, chunk: common_pb2.TensorChunk) -> None:
         if chunk.offset == 0:
@@ -245,30 +430,18 @@ class PushAssembler:
         if end > self._size:
             raise InvalidArgument(f"{chunk.name}: {end} bytes sent for a tensor of {self._size} bytes")
         self._received += len(data)
-        if self._received > self._begin.total_bytes:  # type: ignore[union-attr]
-            raise InvalidArgument(f"push sent more than the {self._begin.total_bytes} bytes it declared")  # type: ignore[union-attr]
+        if self._received > self._header.total_bytes:  # type: ignore[union-attr]
+            raise InvalidArgument(f"push sent more than the {self._header.total_bytes} bytes it declared")  # type: ignore[union-attr]
         self._digest.update(data)
         self.sink.write(data)
         self._filled = end
 
     def _open_tensor(self, chunk: common_pb2.TensorChunk) -> None:
-        name = chunk.name
-        if name not in self.manifest:
-            raise InvalidArgument(f"unknown tensor {name!r}: not a parameter of the served model")
-        if name in self._names:
-            raise InvalidArgument(f"tensor {name!r} sent twice")
-        if chunk.dtype not in _TORCH_BY_WIRE:
-            raise InvalidArgument(f"{name}: dtype must be FLOAT32, FLOAT16 or BFLOAT16 (got enum {chunk.dtype})")
-        shape = tuple(int(d) for d in chunk.shape)
-        expected = self.manifest[name].shape
-        if shape != expected:
-            raise InvalidArgument(f"{name}: shape {list(shape)} does not match the served model's {list(expected)}")
-        dtype = _TORCH_BY_WIRE[chunk.dtype]
-        self._size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        name, dtype, shape = chunk.name, _BY_WIRE.get(chunk.dtype), tuple(int(d) for d in chunk.shape)
+        self._size = self._declared.declare(name, dtype, shape, _wire_name(chunk.dtype))  # type: ignore[union-attr]
         self._current, self._filled = name, 0
-        _digest_header(self._digest, name, dtype, shape)
-        self.sink.open_tensor(name, dtype, shape, self._size)
-        self._names.append(name)
+        _digest_header(self._digest, name, dtype, shape)  # type: ignore[arg-type]
+        self.sink.open_tensor(name, dtype.torch, shape, self._size)  # type: ignore[union-attr]
 
     def _close_tensor(self) -> None:
         if self._current is None:
@@ -284,31 +457,13 @@ class PushAssembler:
 
     def finish(self) -> StagedPush:
         """Verifies completeness and the digest; raises unless the push is whole."""
-        if self._begin is None:
+        if self._header is None or self._declared is None:
             raise InvalidArgument("empty push: no `begin` message")
         if self._committed is None:
             raise InvalidArgument("push ended before its `commit` message; nothing was applied")
-        if len(self._names) != self._begin.num_tensors:
-            raise InvalidArgument(f"push declared {self._begin.num_tensors} tensors but sent {len(self._names)}")
-        if self._received != self._begin.total_bytes:
-            raise InvalidArgument(f"push declared {self._begin.total_bytes} bytes but sent {self._received}")
-        if self.require_complete and self.fused_groups is not None:
-            missing = incomplete_units(self._names, self.manifest, self.fused_groups)
-            if missing:
-                raise InvalidArgument(
-                    f"partial push misses {len(missing)} tensors of the layers it touches (first: {missing[0]}); "
-                    "send every tensor of a touched module and all of its fused siblings "
-                    f"({', '.join('/'.join(g) for g in self.fused_groups)})"
-                )
-        elif self.require_complete:
-            missing = sorted(set(self.manifest) - set(self._names))
-            if missing:
-                raise InvalidArgument(
-                    f"push misses {len(missing)} of the model's tensors (first: {missing[0]}); "
-                    "this server only applies complete pushes"
-                )
-        if self._digest.digest() != self._committed:
+        self._declared.finish()
+        digest = self._digest.digest()
+        if digest != self._committed:
             raise DataLoss("push checksum mismatch: the bytes received are not the bytes sent; nothing was applied")
-        expected = self._begin.expected_version if self._begin.HasField("expected_version") else None
         tensors, path = self.sink.finish()
-        return StagedPush(tuple(self._names), self._received, self._begin.note, expected, tensors, path)
+        return StagedPush(tuple(self._declared.names), self._received, self._header, digest, tensors, path)

@@ -80,14 +80,18 @@ class PromptSummary:
 class Curator:
     """Builds training data from an ExperienceStore with the filters of filters.py."""
 
-    def __init__(self, store: ExperienceStore, settings: FilterSettings = FilterSettings(), reliability_window: int = 5000) -> None:
+    def __init__(
+        self, store: ExperienceStore, settings: FilterSettings = FilterSettings(), reliability_window: int = 5000
+    ) -> None:
         self.store = store
         self.settings = settings
         self.reliability_window = reliability_window
 
     # ---- votes from records ------------------------------------------------
 
-    def _votes(self, records: Sequence[StoredFeedback], samples: dict[str, StoredSample], items: dict[str, Item]) -> list[Vote]:
+    def _votes(
+        self, records: Sequence[StoredFeedback], samples: dict[str, StoredSample], items: dict[str, Item]
+    ) -> list[Vote]:
         def item_of(sample_id: str) -> str:
             sample = samples[sample_id]
             key = _item(sample.prompt_key, sample.completion_text)
@@ -100,12 +104,15 @@ class Curator:
             if len(ids) != len(record.sample_ids):
                 continue  # samples are never deleted today; skip defensively if one is
             if record.kind is Kind.PAIRWISE:
-                votes.append(Vote(record.rater_id, item_of(ids[0]), item_of(ids[1]), record.seq, record.kind.value, record.gold))
+                votes.append(
+                    Vote(record.rater_id, item_of(ids[0]), item_of(ids[1]), record.seq, record.kind.value, record.gold)
+                )
             elif record.kind is Kind.RANKING:
                 keys = [item_of(s) for s in ids]
                 votes.extend(
                     Vote(record.rater_id, keys[i], keys[j], record.seq, record.kind.value, record.gold)
-                    for i in range(len(keys)) for j in range(i + 1, len(keys))
+                    for i in range(len(keys))
+                    for j in range(i + 1, len(keys))
                 )
             elif record.kind is Kind.CORRECTION:
                 text = record.payload["corrected_text"]
@@ -141,7 +148,9 @@ class Curator:
         calibration = self._reliability_inputs(upto, context)
         samples = self.store.get_samples({s for r in calibration for s in r.sample_ids})
         items: dict[str, Item] = {}
-        reliability = estimate_reliability(self._votes(calibration, samples, items), self._ratings(calibration), self.settings)
+        reliability = estimate_reliability(
+            self._votes(calibration, samples, items), self._ratings(calibration), self.settings
+        )
         report.records_in = len(calibration)
         decisions = denoise_preferences(self._votes(context, samples, items), reliability, self.settings, report)
         prompt_of = {s.prompt_key: s for s in samples.values()}
@@ -161,11 +170,16 @@ class Curator:
             return Page([], since, False, report)
         upto = page[-1].seq
         touched = {r.sample_ids[0] for r in page}
-        context = [r for r in self.store.feedback_on_prompts({r.prompt_key for r in page}, upto, RATING_KINDS)
-                   if r.sample_ids[0] in touched]
+        context = [
+            r
+            for r in self.store.feedback_on_prompts({r.prompt_key for r in page}, upto, RATING_KINDS)
+            if r.sample_ids[0] in touched
+        ]
         calibration = self._reliability_inputs(upto, context)
         samples = self.store.get_samples({s for r in calibration for s in r.sample_ids})
-        reliability = estimate_reliability(self._votes(calibration, samples, {}), self._ratings(calibration), self.settings)
+        reliability = estimate_reliability(
+            self._votes(calibration, samples, {}), self._ratings(calibration), self.settings
+        )
         report.records_in = len(calibration)
         decisions = denoise_ratings(self._ratings(context), reliability, self.settings, report)
         return Page([Rated(samples[d.item], d) for d in decisions], upto, has_more, report)

@@ -40,7 +40,7 @@ def normalize_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean the psycopg 3 driver (psycopg2 is not installed)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -29,7 +29,7 @@ class EmbeddedExperience:
     _closers: list[Any] = field(default_factory=list)
 
     @classmethod
-    def open(cls, config, tokenizer=None) -> "EmbeddedExperience":
+    def open(cls, config, tokenizer=None) -> EmbeddedExperience:
         """From a PolicyConfig's experience_db / record_* fields; `tokenizer` decodes token-id prompts."""
         if not config.experience_db:
             return cls(TrafficRecorder.disabled())
@@ -44,9 +44,15 @@ class EmbeddedExperience:
         servicer = build_servicer(store)
         log.info(
             "recording served samples to %s (sample rate %.3g, tenants off: %s); FeedbackService hosted here",
-            store.url, settings.sample_rate, sorted(settings.disabled_tenants) or "none",
+            store.url,
+            settings.sample_rate,
+            sorted(settings.disabled_tenants) or "none",
         )
-        return cls(TrafficRecorder(recorder, settings), [servicer.registration()], [recorder.close, servicer.close, store.close])
+        return cls(
+            TrafficRecorder(recorder, settings),
+            [servicer.registration()],
+            [recorder.close, servicer.close, store.close],
+        )
 
     def close(self) -> None:
         for closer in self._closers:

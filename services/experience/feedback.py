@@ -77,7 +77,9 @@ class Submission:
 
 def _sample_id(value: str, where: str) -> str:
     if not _SAMPLE.match(value):
-        raise InvalidArgument(f"{where} must be a sample id (1-64 of [A-Za-z0-9_-], as returned by the policy), got {value!r}")
+        raise InvalidArgument(
+            f"{where} must be a sample id (1-64 of [A-Za-z0-9_-], as returned by the policy), got {value!r}"
+        )
     return value
 
 
@@ -105,7 +107,12 @@ def parse_submission(request: feedback_pb2.SubmitFeedbackRequest, settings: Inta
             raise InvalidArgument(f"rating: the scale needs finite scale_min < scale_max, got [{low}, {high}]")
         if not (math.isfinite(rating.value) and low <= rating.value <= high):
             raise InvalidArgument(f"rating: value {rating.value} is outside the scale [{low:g}, {high:g}]")
-        payload = {"value": rating.value, "scale_min": low, "scale_max": high, "score": (rating.value - low) / (high - low)}
+        payload = {
+            "value": rating.value,
+            "scale_min": low,
+            "scale_max": high,
+            "score": (rating.value - low) / (high - low),
+        }
         return Submission(Kind.RATING, rater, (_sample_id(rating.sample_id, "rating.sample_id"),), payload)
     if which == "thumbs":
         thumbs = request.body.thumbs
@@ -113,8 +120,10 @@ def parse_submission(request: feedback_pb2.SubmitFeedbackRequest, settings: Inta
         return Submission(Kind.THUMBS, rater, (_sample_id(thumbs.sample_id, "thumbs.sample_id"),), payload)
     if which == "pairwise":
         pair = request.body.pairwise
-        ids = (_sample_id(pair.chosen_sample_id, "pairwise.chosen_sample_id"),
-               _sample_id(pair.rejected_sample_id, "pairwise.rejected_sample_id"))
+        ids = (
+            _sample_id(pair.chosen_sample_id, "pairwise.chosen_sample_id"),
+            _sample_id(pair.rejected_sample_id, "pairwise.rejected_sample_id"),
+        )
         if ids[0] == ids[1]:
             raise InvalidArgument("pairwise: chosen and rejected are the same sample")
         return Submission(Kind.PAIRWISE, rater, ids)
@@ -128,8 +137,12 @@ def parse_submission(request: feedback_pb2.SubmitFeedbackRequest, settings: Inta
     if which == "correction":
         correction = request.body.correction
         text = _text(correction.corrected_text, "correction.corrected_text", settings.max_text_chars)
-        return Submission(Kind.CORRECTION, rater, (_sample_id(correction.sample_id, "correction.sample_id"),),
-                          {"corrected_text": text})
+        return Submission(
+            Kind.CORRECTION,
+            rater,
+            (_sample_id(correction.sample_id, "correction.sample_id"),),
+            {"corrected_text": text},
+        )
     comment = request.body.comment
     text = _text(comment.text, "comment.text", settings.max_text_chars)
     return Submission(Kind.COMMENT, rater, (_sample_id(comment.sample_id, "comment.sample_id"),), {"text": text})
@@ -188,8 +201,13 @@ class FeedbackIntake:
         if submission.kind is Kind.CORRECTION and submission.payload["corrected_text"] == samples[0].completion_text:
             raise InvalidArgument("correction: corrected_text is identical to the sample's text")
         draft = FeedbackDraft(
-            kind=submission.kind, rater_id=submission.rater_id, tenant=tenant, gold=gold,
-            sample_ids=submission.sample_ids, prompt_key=samples[0].prompt_key, payload=submission.payload,
+            kind=submission.kind,
+            rater_id=submission.rater_id,
+            tenant=tenant,
+            gold=gold,
+            sample_ids=submission.sample_ids,
+            prompt_key=samples[0].prompt_key,
+            payload=submission.payload,
         )
         limit = None if gold else (self.settings.rate_limit, self.settings.rate_window_s)
         try:
@@ -197,11 +215,13 @@ class FeedbackIntake:
         except DuplicateFeedback as exc:
             raise AlreadyExists(
                 f"rater {submission.rater_id!r} already gave {submission.kind.value} feedback on these samples "
-                f"(feedback_id {exc.existing_id})", exc.existing_id,
+                f"(feedback_id {exc.existing_id})",
+                exc.existing_id,
             ) from None
         except RateLimited as exc:
             retry_ms = max(1, math.ceil(exc.retry_after_s * 1000))
             raise RaterRateLimited(
                 f"rater {submission.rater_id!r} reached {exc.limit} submissions per {exc.window_s:g} s; "
-                f"retry after ~{retry_ms} ms", retry_ms,
+                f"retry after ~{retry_ms} ms",
+                retry_ms,
             ) from None

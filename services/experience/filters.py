@@ -199,7 +199,10 @@ def rater_weights(
     votes: Sequence[Vote], ratings: Sequence[RatingVote], settings: FilterSettings
 ) -> dict[str, RaterStats]:
     """Each non-gold rater's agreement and weight, from pairwise votes and ratings."""
-    stats = {r: RaterStats(r) for r in sorted({v.rater_id for v in votes if not v.gold} | {r.rater_id for r in ratings if not r.gold})}
+    stats = {
+        r: RaterStats(r)
+        for r in sorted({v.rater_id for v in votes if not v.gold} | {r.rater_id for r in ratings if not r.gold})
+    }
     by_pair: dict[tuple[str, str], list[Vote]] = defaultdict(list)
     for vote in votes:
         by_pair[vote.pair].append(vote)
@@ -239,7 +242,9 @@ def rater_weights(
             for rating in item_ratings:
                 if rating.gold:
                     continue
-                others = [(o.score, weights[o.rater_id]) for o in item_ratings if not o.gold and o.rater_id != rating.rater_id]
+                others = [
+                    (o.score, weights[o.rater_id]) for o in item_ratings if not o.gold and o.rater_id != rating.rater_id
+                ]
                 consensus = _weighted_median(others)
                 if consensus is not None:
                     agree[rating.rater_id] += abs(rating.score - consensus) <= settings.rating_tolerance
@@ -247,13 +252,19 @@ def rater_weights(
                     consensus_n[rating.rater_id] += 1
                 if gold_scores:
                     gold_mean = sum(gold_scores) / len(gold_scores)
-                    agree[rating.rater_id] += settings.gold_check_weight * (abs(rating.score - gold_mean) <= settings.rating_tolerance)
+                    agree[rating.rater_id] += settings.gold_check_weight * (
+                        abs(rating.score - gold_mean) <= settings.rating_tolerance
+                    )
                     checks[rating.rater_id] += settings.gold_check_weight
                     gold_n[rating.rater_id] += 1
 
         for rater, s in stats.items():
             prior = settings.prior_strength
-            s.agreement = (agree[rater] + prior * settings.prior_agreement) / (checks[rater] + prior) if checks[rater] + prior else 1.0
+            s.agreement = (
+                (agree[rater] + prior * settings.prior_agreement) / (checks[rater] + prior)
+                if checks[rater] + prior
+                else 1.0
+            )
             s.weight = _weight(s.agreement, settings)
             s.consensus_checks, s.gold_checks = consensus_n[rater], gold_n[rater]
     return stats
@@ -295,7 +306,11 @@ def resolve_pairs(
             report.contradictions_resolved += 1
         decisions.append(
             PairDecision(
-                winner=winner, loser=loser, weight=win - lose, agreement=win / (win + lose), votes=len(weighted),
+                winner=winner,
+                loser=loser,
+                weight=win - lose,
+                agreement=win / (win + lose),
+                votes=len(weighted),
                 sources=tuple(sorted({v.source for v, _ in weighted})),
             )
         )
@@ -330,7 +345,9 @@ def estimate_reliability(
     return rater_weights(votes, collapse_duplicate_ratings(ratings, FilterReport()), settings)
 
 
-def _stats_for(raters: Iterable[str], reliability: dict[str, RaterStats], settings: FilterSettings) -> dict[str, RaterStats]:
+def _stats_for(
+    raters: Iterable[str], reliability: dict[str, RaterStats], settings: FilterSettings
+) -> dict[str, RaterStats]:
     """The raters' stats; a rater missing from `reliability` gets the prior."""
     prior = settings.prior_agreement
     return {r: reliability.get(r) or RaterStats(r, _weight(prior, settings), prior) for r in sorted(set(raters))}

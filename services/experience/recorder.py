@@ -122,7 +122,9 @@ class ExperienceRecorder:
             now = time.monotonic()
             if now - self._last_error_log > 10.0:
                 self._last_error_log = now
-                log.warning("experience store write failed; dropped %d records (%s: %s)", len(batch), type(exc).__name__, exc)
+                log.warning(
+                    "experience store write failed; dropped %d records (%s: %s)", len(batch), type(exc).__name__, exc
+                )
             return False
         with self._lock:
             self._counts["written"] += len(batch)

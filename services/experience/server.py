@@ -43,29 +43,46 @@ def body_of(record: StoredFeedback) -> feedback_pb2.FeedbackBody:
     """The stored judgement as the message it was submitted as."""
     ids, payload = record.sample_ids, record.payload
     if record.kind is Kind.RATING:
-        return feedback_pb2.FeedbackBody(rating=feedback_pb2.Rating(
-            sample_id=ids[0], value=payload["value"], scale_min=payload["scale_min"], scale_max=payload["scale_max"]))
+        return feedback_pb2.FeedbackBody(
+            rating=feedback_pb2.Rating(
+                sample_id=ids[0], value=payload["value"], scale_min=payload["scale_min"], scale_max=payload["scale_max"]
+            )
+        )
     if record.kind is Kind.THUMBS:
         return feedback_pb2.FeedbackBody(thumbs=feedback_pb2.Thumbs(sample_id=ids[0], up=payload["up"]))
     if record.kind is Kind.PAIRWISE:
-        return feedback_pb2.FeedbackBody(pairwise=feedback_pb2.PairwiseChoice(chosen_sample_id=ids[0], rejected_sample_id=ids[1]))
+        return feedback_pb2.FeedbackBody(
+            pairwise=feedback_pb2.PairwiseChoice(chosen_sample_id=ids[0], rejected_sample_id=ids[1])
+        )
     if record.kind is Kind.RANKING:
         return feedback_pb2.FeedbackBody(ranking=feedback_pb2.Ranking(sample_ids=ids))
     if record.kind is Kind.CORRECTION:
-        return feedback_pb2.FeedbackBody(correction=feedback_pb2.Correction(sample_id=ids[0], corrected_text=payload["corrected_text"]))
+        return feedback_pb2.FeedbackBody(
+            correction=feedback_pb2.Correction(sample_id=ids[0], corrected_text=payload["corrected_text"])
+        )
     return feedback_pb2.FeedbackBody(comment=feedback_pb2.Comment(sample_id=ids[0], text=payload["text"]))
 
 
 def report_proto(report: FilterReport) -> feedback_pb2.FilterReport:
     return feedback_pb2.FilterReport(
-        records_in=report.records_in, votes_in=report.votes_in, duplicates_collapsed=report.duplicates_collapsed,
-        raters_downweighted=report.raters_downweighted, raters_zeroed=report.raters_zeroed,
+        records_in=report.records_in,
+        votes_in=report.votes_in,
+        duplicates_collapsed=report.duplicates_collapsed,
+        raters_downweighted=report.raters_downweighted,
+        raters_zeroed=report.raters_zeroed,
         votes_dropped_low_weight=report.votes_dropped_low_weight,
-        contradictions_resolved=report.contradictions_resolved, contradictions_dropped=report.contradictions_dropped,
-        identical_dropped=report.identical_dropped, items_out=report.items_out,
+        contradictions_resolved=report.contradictions_resolved,
+        contradictions_dropped=report.contradictions_dropped,
+        identical_dropped=report.identical_dropped,
+        items_out=report.items_out,
         raters=[
-            feedback_pb2.RaterWeight(rater_id=s.rater_id, weight=s.weight, agreement=s.agreement,
-                                     consensus_checks=s.consensus_checks, gold_checks=s.gold_checks)
+            feedback_pb2.RaterWeight(
+                rater_id=s.rater_id,
+                weight=s.weight,
+                agreement=s.agreement,
+                consensus_checks=s.consensus_checks,
+                gold_checks=s.gold_checks,
+            )
             for s in report.raters
         ],
     )
@@ -94,7 +111,9 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         except RaterRateLimited as exc:
             context.set_trailing_metadata(((RETRY_AFTER_KEY, str(exc.retry_after_ms)),))
             raise
-        return feedback_pb2.SubmitFeedbackResponse(feedback_id=stored.feedback_id, cursor=stored.seq, created_unix=stored.created_at)
+        return feedback_pb2.SubmitFeedbackResponse(
+            feedback_id=stored.feedback_id, cursor=stored.seq, created_unix=stored.created_at
+        )
 
     async def SubmitFeedback(self, request, context):
         return await self._submit(request, context, gold=False)
@@ -108,12 +127,20 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             if value not in PROTO_TO_KIND:
                 raise InvalidArgument(f"kinds: unknown FeedbackKind {value}")
             kinds.append(PROTO_TO_KIND[value])
-        records, has_more = await self._call(self.store.feedback_page, request.since_cursor, _limit(request.limit), kinds, request.rater_id)
+        records, has_more = await self._call(
+            self.store.feedback_page, request.since_cursor, _limit(request.limit), kinds, request.rater_id
+        )
         return feedback_pb2.ExportFeedbackResponse(
             records=[
                 feedback_pb2.FeedbackRecord(
-                    feedback_id=r.feedback_id, cursor=r.seq, kind=KIND_TO_PROTO[r.kind], rater_id=r.rater_id,
-                    tenant=r.tenant, gold=r.gold, created_unix=r.created_at, body=body_of(r),
+                    feedback_id=r.feedback_id,
+                    cursor=r.seq,
+                    kind=KIND_TO_PROTO[r.kind],
+                    rater_id=r.rater_id,
+                    tenant=r.tenant,
+                    gold=r.gold,
+                    created_unix=r.created_at,
+                    body=body_of(r),
                 )
                 for r in records
             ],
@@ -123,15 +150,32 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
 
     async def ListPreferences(self, request, context):
         page = await self._call(self.curator.preferences, request.since_cursor, _limit(request.limit))
+        ids = {i for p in page.items for i in (p.chosen.sample_id, p.rejected.sample_id) if i}
+        served = await self._call(self.store.get_samples, ids)  # which weight version served each side
         pairs = []
         for p in page.items:
-            pairs.append(feedback_pb2.PreferencePair(
-                pair_id=p.pair_id, prompt_text=p.prompt.prompt_text, prompt_token_ids=p.prompt.prompt_token_ids,
-                chat_template=p.prompt.chat_template, chosen_text=p.chosen.text, rejected_text=p.rejected.text,
-                chosen_sample_id=p.chosen.sample_id, rejected_sample_id=p.rejected.sample_id,
-                weight=p.decision.weight, agreement=p.decision.agreement, votes=p.decision.votes,
-                sources=[KIND_TO_PROTO[Kind(s)] for s in p.decision.sources],
-            ))
+            versions = {
+                f"{side}_weight_version": served[i].weight_version
+                for side, i in (("chosen", p.chosen.sample_id), ("rejected", p.rejected.sample_id))
+                if i in served
+            }
+            pairs.append(
+                feedback_pb2.PreferencePair(
+                    **versions,
+                    pair_id=p.pair_id,
+                    prompt_text=p.prompt.prompt_text,
+                    prompt_token_ids=p.prompt.prompt_token_ids,
+                    chat_template=p.prompt.chat_template,
+                    chosen_text=p.chosen.text,
+                    rejected_text=p.rejected.text,
+                    chosen_sample_id=p.chosen.sample_id,
+                    rejected_sample_id=p.rejected.sample_id,
+                    weight=p.decision.weight,
+                    agreement=p.decision.agreement,
+                    votes=p.decision.votes,
+                    sources=[KIND_TO_PROTO[Kind(s)] for s in p.decision.sources],
+                )
+            )
         return feedback_pb2.ListPreferencesResponse(
             pairs=pairs, next_cursor=page.next_cursor, has_more=page.has_more, report=report_proto(page.report)
         )
@@ -141,14 +185,21 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.ListRatingsResponse(
             ratings=[
                 feedback_pb2.SampleRating(
-                    sample_id=r.sample.sample_id, prompt_text=r.sample.prompt_text,
-                    prompt_token_ids=r.sample.prompt_token_ids, chat_template=r.sample.chat_template,
-                    completion_text=r.sample.completion_text, score=r.decision.score, weight=r.decision.weight,
-                    ratings=r.decision.ratings, weight_version=r.sample.weight_version,
+                    sample_id=r.sample.sample_id,
+                    prompt_text=r.sample.prompt_text,
+                    prompt_token_ids=r.sample.prompt_token_ids,
+                    chat_template=r.sample.chat_template,
+                    completion_text=r.sample.completion_text,
+                    score=r.decision.score,
+                    weight=r.decision.weight,
+                    ratings=r.decision.ratings,
+                    weight_version=r.sample.weight_version,
                 )
                 for r in page.items
             ],
-            next_cursor=page.next_cursor, has_more=page.has_more, report=report_proto(page.report),
+            next_cursor=page.next_cursor,
+            has_more=page.has_more,
+            report=report_proto(page.report),
         )
 
     async def ListPrompts(self, request, context):
@@ -156,21 +207,32 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.ListPromptsResponse(
             prompts=[
                 feedback_pb2.LivePrompt(
-                    prompt_text=s.sample.prompt_text, prompt_token_ids=s.sample.prompt_token_ids,
-                    chat_template=s.sample.chat_template, tenant=s.sample.tenant, samples=s.samples,
-                    last_seen_unix=s.sample.created_at, latest_weight_version=s.latest_weight_version,
+                    prompt_text=s.sample.prompt_text,
+                    prompt_token_ids=s.sample.prompt_token_ids,
+                    chat_template=s.sample.chat_template,
+                    tenant=s.sample.tenant,
+                    samples=s.samples,
+                    last_seen_unix=s.sample.created_at,
+                    latest_weight_version=s.latest_weight_version,
                 )
                 for s in page.items
             ],
-            next_cursor=page.next_cursor, has_more=page.has_more,
+            next_cursor=page.next_cursor,
+            has_more=page.has_more,
         )
 
     async def GetStats(self, request, context):
         counts = await self._call(self.store.counts)
         return feedback_pb2.GetStatsResponse(
-            samples=counts.samples, feedback=counts.feedback,
-            by_kind=[feedback_pb2.KindCount(kind=KIND_TO_PROTO[k], count=n) for k, n in sorted(counts.feedback_by_kind.items(), key=lambda kv: KIND_TO_PROTO[kv[0]])],
-            raters=counts.raters, samples_cursor=counts.samples_cursor, feedback_cursor=counts.feedback_cursor,
+            samples=counts.samples,
+            feedback=counts.feedback,
+            by_kind=[
+                feedback_pb2.KindCount(kind=KIND_TO_PROTO[k], count=n)
+                for k, n in sorted(counts.feedback_by_kind.items(), key=lambda kv: KIND_TO_PROTO[kv[0]])
+            ],
+            raters=counts.raters,
+            samples_cursor=counts.samples_cursor,
+            feedback_cursor=counts.feedback_cursor,
             rejected=[feedback_pb2.RejectionCount(reason=r, count=n) for r, n in sorted(self.intake.rejected.items())],
             schema_revision=self.store.schema_revision,
         )
@@ -181,6 +243,8 @@ def build_servicer(store: ExperienceStore, config: ExperienceConfig | None = Non
     if config is None:
         return FeedbackServicer(store, FeedbackIntake(store, IntakeSettings()), Curator(store, FilterSettings()))
     return FeedbackServicer(
-        store, FeedbackIntake(store, config.intake()), Curator(store, config.filters(), config.reliability_window),
+        store,
+        FeedbackIntake(store, config.intake()),
+        Curator(store, config.filters(), config.reliability_window),
         threads=config.db_threads,
     )

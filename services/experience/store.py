@@ -61,7 +61,7 @@ class ExperienceStore:
         self.schema_revision = schema_revision
 
     @classmethod
-    def open(cls, url: str) -> "ExperienceStore":
+    def open(cls, url: str) -> ExperienceStore:
         engine = database.create_engine(url)
         try:
             revision = database.upgrade_to_head(engine)
@@ -183,17 +183,30 @@ class ExperienceStore:
                 raise
             raise DuplicateFeedback(existing) from exc
         return StoredFeedback(
-            seq=seq, feedback_id=row["feedback_id"], kind=draft.kind, rater_id=draft.rater_id, tenant=draft.tenant,
-            gold=draft.gold, sample_ids=tuple(draft.sample_ids), prompt_key=draft.prompt_key,
-            payload=dict(draft.payload), created_at=now,
+            seq=seq,
+            feedback_id=row["feedback_id"],
+            kind=draft.kind,
+            rater_id=draft.rater_id,
+            tenant=draft.tenant,
+            gold=draft.gold,
+            sample_ids=tuple(draft.sample_ids),
+            prompt_key=draft.prompt_key,
+            payload=dict(draft.payload),
+            created_at=now,
         )
 
     def _check_rate(self, connection: sa.Connection, rater_id: str, limit: int, window_s: float, now: float) -> None:
-        recent = connection.execute(
-            sa.select(feedback.c.created_at)
-            .where(feedback.c.rater_id == rater_id, feedback.c.gold.is_(False), feedback.c.created_at > now - window_s)
-            .order_by(feedback.c.created_at)
-        ).scalars().all()
+        recent = (
+            connection.execute(
+                sa.select(feedback.c.created_at)
+                .where(
+                    feedback.c.rater_id == rater_id, feedback.c.gold.is_(False), feedback.c.created_at > now - window_s
+                )
+                .order_by(feedback.c.created_at)
+            )
+            .scalars()
+            .all()
+        )
         wait = retry_after(recent, limit, window_s, now)
         if wait is not None:
             raise RateLimited(limit, window_s, wait)
@@ -224,7 +237,9 @@ class ExperienceStore:
             rows = [_feedback(row) for row in connection.execute(query)]
         return rows[:limit], len(rows) > limit
 
-    def feedback_on_prompts(self, prompt_keys: Collection[str], upto: int, kinds: Iterable[Kind]) -> list[StoredFeedback]:
+    def feedback_on_prompts(
+        self, prompt_keys: Collection[str], upto: int, kinds: Iterable[Kind]
+    ) -> list[StoredFeedback]:
         """All feedback of `kinds` on these prompts with seq <= upto, oldest first."""
         keys = sorted(set(prompt_keys))
         kinds = [k.value for k in kinds]
@@ -278,16 +293,33 @@ class ExperienceStore:
 
 def _sample(row) -> StoredSample:
     return StoredSample(
-        seq=row.seq, sample_id=row.sample_id, request_id=row.request_id, tenant=row.tenant, prompt_key=row.prompt_key,
-        prompt_text=row.prompt_text, chat_template=bool(row.chat_template), prompt_token_ids=list(row.prompt_token_ids),
-        completion_text=row.completion_text, token_ids=list(row.token_ids), logprobs=list(row.logprobs),
-        finish_reason=row.finish_reason, weight_version=int(row.weight_version), created_at=float(row.created_at),
+        seq=row.seq,
+        sample_id=row.sample_id,
+        request_id=row.request_id,
+        tenant=row.tenant,
+        prompt_key=row.prompt_key,
+        prompt_text=row.prompt_text,
+        chat_template=bool(row.chat_template),
+        prompt_token_ids=list(row.prompt_token_ids),
+        completion_text=row.completion_text,
+        token_ids=list(row.token_ids),
+        logprobs=list(row.logprobs),
+        finish_reason=row.finish_reason,
+        weight_version=int(row.weight_version),
+        created_at=float(row.created_at),
     )
 
 
 def _feedback(row) -> StoredFeedback:
     return StoredFeedback(
-        seq=row.seq, feedback_id=row.feedback_id, kind=Kind(row.kind), rater_id=row.rater_id, tenant=row.tenant,
-        gold=bool(row.gold), sample_ids=tuple(row.sample_ids), prompt_key=row.prompt_key, payload=dict(row.payload),
+        seq=row.seq,
+        feedback_id=row.feedback_id,
+        kind=Kind(row.kind),
+        rater_id=row.rater_id,
+        tenant=row.tenant,
+        gold=bool(row.gold),
+        sample_ids=tuple(row.sample_ids),
+        prompt_key=row.prompt_key,
+        payload=dict(row.payload),
         created_at=float(row.created_at),
     )

@@ -25,8 +25,8 @@ import grpc
 
 from rlhf.v1 import common_pb2, policy_pb2
 from services.common.tenancy import tenant_of
-from services.experience.records import SampleRecord
 from services.experience.recorder import ExperienceRecorder
+from services.experience.records import SampleRecord
 
 _FINISH = {
     common_pb2.FINISH_REASON_STOP: "stop",
@@ -67,7 +67,7 @@ class TrafficRecorder:
         self._random_unit = random_unit
 
     @classmethod
-    def disabled(cls) -> "TrafficRecorder":
+    def disabled(cls) -> TrafficRecorder:
         """Assigns sample ids, records nothing (no store configured)."""
         return cls(None)
 
@@ -83,7 +83,10 @@ class TrafficRecorder:
         return tenant
 
     def finish_generate(
-        self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext, response: policy_pb2.GenerateResponse
+        self,
+        request: policy_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        response: policy_pb2.GenerateResponse,
     ) -> None:
         """Sets every sample's id and records the samples if the request is recorded."""
         tenant = self.tenant_if_recorded(request, context)
@@ -95,19 +98,28 @@ class TrafficRecorder:
                 sample.sample_id = new_sample_id()
                 if tenant is None:
                     continue
-                self.recorder.record(SampleRecord(
-                    sample_id=sample.sample_id, request_id=request_id, tenant=tenant, prompt_index=p,
-                    sample_index=sample.index, prompt_text=prompt.text if prompt.text else None,
-                    chat_template=bool(prompt.text) and prompt.apply_chat_template,
-                    prompt_token_ids=list(result.prompt_token_ids), completion_text=sample.text,
-                    token_ids=list(sample.token_ids), logprobs=list(sample.logprobs),
-                    finish_reason=_FINISH.get(sample.finish_reason, "unknown"),
-                    weight_version=sample.weight_version, created_at=now,
-                ))
+                self.recorder.record(
+                    SampleRecord(
+                        sample_id=sample.sample_id,
+                        request_id=request_id,
+                        tenant=tenant,
+                        prompt_index=p,
+                        sample_index=sample.index,
+                        prompt_text=prompt.text if prompt.text else None,
+                        chat_template=bool(prompt.text) and prompt.apply_chat_template,
+                        prompt_token_ids=list(result.prompt_token_ids),
+                        completion_text=sample.text,
+                        token_ids=list(sample.token_ids),
+                        logprobs=list(sample.logprobs),
+                        finish_reason=_FINISH.get(sample.finish_reason, "unknown"),
+                        weight_version=sample.weight_version,
+                        created_at=now,
+                    )
+                )
 
     def stream_tap(
         self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext, prompts: list[list[int]]
-    ) -> "StreamTap":
+    ) -> StreamTap:
         """A tap for one GenerateStream call; `prompts` are the validated prompt token ids."""
         return StreamTap(self, request, self.tenant_if_recorded(request, context), prompts)
 
@@ -142,11 +154,21 @@ class StreamTap:
             return
         del self._parts[key]
         prompt = self._request.prompts[message.prompt_index]
-        self._owner.recorder.record(SampleRecord(
-            sample_id=sample_id, request_id=self._request_id, tenant=self._tenant, prompt_index=message.prompt_index,
-            sample_index=message.sample_index, prompt_text=prompt.text if prompt.text else None,
-            chat_template=bool(prompt.text) and prompt.apply_chat_template,
-            prompt_token_ids=list(self._prompts[message.prompt_index]), completion_text="".join(text),
-            token_ids=token_ids, logprobs=logprobs, finish_reason=_FINISH.get(message.finish_reason, "unknown"),
-            weight_version=message.weight_version, created_at=time.time(),
-        ))
+        self._owner.recorder.record(
+            SampleRecord(
+                sample_id=sample_id,
+                request_id=self._request_id,
+                tenant=self._tenant,
+                prompt_index=message.prompt_index,
+                sample_index=message.sample_index,
+                prompt_text=prompt.text if prompt.text else None,
+                chat_template=bool(prompt.text) and prompt.apply_chat_template,
+                prompt_token_ids=list(self._prompts[message.prompt_index]),
+                completion_text="".join(text),
+                token_ids=token_ids,
+                logprobs=logprobs,
+                finish_reason=_FINISH.get(message.finish_reason, "unknown"),
+                weight_version=message.weight_version,
+                created_at=time.time(),
+            )
+        )

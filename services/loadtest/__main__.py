@@ -28,11 +28,16 @@ log = logging.getLogger("services.loadtest")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in SERVICES:
-        print(__doc__.strip(), file=sys.stderr)
-        print(f"\nfirst argument: the service to load ({', '.join(SERVICES)}); then --help for its settings", file=sys.stderr)
-        return 2
+        asked = bool(argv) and argv[0] in ("-h", "--help")  # asked for help: stdout and success, like argparse
+        out = sys.stdout if asked else sys.stderr
+        print(f"usage: python -m services.loadtest {{{','.join(SERVICES)}}} [flags]\n", file=out)
+        print(__doc__.strip(), file=out)
+        print(f"\nfirst argument: the service to load ({', '.join(SERVICES)}); then --help for its settings", file=out)
+        return 0 if asked else 2
     service = argv[0]
-    config = load_config(LoadTestConfig, argv[1:], env_prefix="RLHF_LOADTEST_", prog=f"python -m services.loadtest {service}")
+    config = load_config(
+        LoadTestConfig, argv[1:], env_prefix="RLHF_LOADTEST_", prog=f"python -m services.loadtest {service}"
+    )
     setup_logging(config.log_level)
     try:
         sweep = sweep_of(config)

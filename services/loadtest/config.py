@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import option
+from services.common.config import option, section
+from services.common.prompt_templates import TemplateSettings
 
 DEFAULT_PROMPTS = str(Path(__file__).resolve().parents[2] / "data" / "book_reviews.jsonl")
 
@@ -22,16 +23,24 @@ class LoadTestConfig:
     rpc: str = option("", "RPC to load: GenerateStream (policy default), Generate, or Score (reward).")
     concurrency: int = option(1, "Closed loop: requests kept in flight, each sent when the previous one returns.")
     request_rate: float = option(0.0, "Open loop: mean arrivals per second (0 = closed loop at --concurrency).")
-    burstiness: float = option(1.0, "Open loop: gamma shape of the inter-arrival gaps (1 = Poisson, <1 burstier, >1 steadier).")
-    max_concurrency: int = option(0, "Open loop: most requests in flight; later arrivals wait for a slot (0 = unbounded).")
-    duration_s: float = option(30.0, "Stop sending after this many seconds (always applies; in-flight requests still finish).")
+    burstiness: float = option(
+        1.0, "Open loop: gamma shape of the inter-arrival gaps (1 = Poisson, <1 burstier, >1 steadier)."
+    )
+    max_concurrency: int = option(
+        0, "Open loop: most requests in flight; later arrivals wait for a slot (0 = unbounded)."
+    )
+    duration_s: float = option(
+        30.0, "Stop sending after this many seconds (always applies; in-flight requests still finish)."
+    )
     num_requests: int = option(0, "Stop sending after this many requests (0 = only the duration bounds the run).")
     warmup_requests: int = option(2, "Requests sent before measuring and left out of the results.")
     timeout_s: float = option(120.0, "Deadline of each request; a request past it counts as DEADLINE_EXCEEDED.")
     dataset: str = option(DEFAULT_PROMPTS, "JSONL file of {prompt, reference} rows, or 'synthetic' for random prompts.")
     input_len: int = option(128, "Synthetic prompt length: tokens (policy) or words (reward completions).")
     output_len: int = option(64, "Policy: max_tokens of each request.")
-    range_ratio: float = option(0.0, "Lengths are drawn uniformly from [len*(1-r), len*(1+r)] (as vLLM's random dataset).")
+    range_ratio: float = option(
+        0.0, "Lengths are drawn uniformly from [len*(1-r), len*(1+r)] (as vLLM's random dataset)."
+    )
     temperature: float = option(1.0, "Policy: sampling temperature.")
     chat_template: bool = option(True, "Policy: wrap dataset prompts in the model's chat template.")
     reward_model: str = option("similarity", "Reward: name of the reward model to score with.")
@@ -45,6 +54,10 @@ class LoadTestConfig:
     output_png: str = option("", "Sweep: write the latency-percentiles-against-load plot here.")
     progress: bool = option(True, "Show a progress bar (--no-progress hides it).")
     log_level: str = option("WARNING", "Python logging level.")
+    templates: TemplateSettings = section(
+        TemplateSettings(),
+        "Policy: prompt templates dataset rows are sent through, as the trainer and evaluator apply them.",
+    )
 
     def __post_init__(self) -> None:
         # ValueError is what load_config turns into a usage error naming the setting.

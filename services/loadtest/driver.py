@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.clients.policy import PolicyCaller
+from services.clients.reward import RewardCaller
 from services.common.client import open_aio_channel
-from services.loadtest.client import PolicyCaller, RewardCaller
+from services.common.prompt_templates import Templates
 from services.loadtest.config import POLICY_RPCS, REWARD_RPCS, LoadTestConfig
 from services.loadtest.runner import Bounds, LoadShape, Send, run_load, warm_up
 from services.loadtest.summary import parse_goodput, parse_percentiles, summarize
@@ -44,7 +46,8 @@ def sweep_of(config: LoadTestConfig) -> Sweep:
     if config.sweep_rates:
         rates = [_number(v, float, "sweep_rates") for v in config.sweep_rates]
         shapes = tuple(
-            LoadShape(request_rate=r, burstiness=config.burstiness, max_concurrency=config.max_concurrency) for r in rates
+            LoadShape(request_rate=r, burstiness=config.burstiness, max_concurrency=config.max_concurrency)
+            for r in rates
         )
         return Sweep(shapes, "request_rate", "request rate (req/s)")
     shape = LoadShape(config.concurrency, config.request_rate, config.burstiness, config.max_concurrency)
@@ -83,6 +86,7 @@ async def _connect(service: str, config: LoadTestConfig, rpc: str, channel: grpc
                 temperature=config.temperature,
                 chat_template=config.chat_template,
                 seed=config.seed,
+                templates=Templates.from_settings(config.templates),
             )
             call = caller.generate_stream if rpc == "GenerateStream" else caller.generate
         else:

@@ -76,7 +76,10 @@ def format_sweep(levels: Sequence[dict]) -> str:
     )
     rows = [header, "-" * len(header)]
     for level in levels:
-        pair = {m: f"{_ms(level.get(f'p50_{m}_ms'))}/{_ms(level.get(f'p99_{m}_ms'))}" for m in ("ttft", "tpot", "itl", "e2el")}
+        pair = {
+            m: f"{_ms(level.get(f'p50_{m}_ms'))}/{_ms(level.get(f'p99_{m}_ms'))}"
+            for m in ("ttft", "tpot", "itl", "e2el")
+        }
         errors = ",".join(f"{code}={count}" for code, count in level["errors"].items()) or "0"
         rows.append(
             f"{level['load']['label']:<26} {level['completed']:>5} {level['request_throughput']:>7.2f} "

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from services.loadtest.arrivals import arrival_gaps
+from services.common.arrivals import arrival_gaps
 from services.loadtest.summary import RequestResult
 
 Send = Callable[[], Awaitable[RequestResult]]

@@ -2,12 +2,17 @@
 
 `SoakStack` owns a policy server (recording into an experience store), a reward
 server and the standalone FeedbackService on loopback, and restarts them on request
-(SIGTERM drain or SIGKILL crash, same ports). `run_soak` drives every RPC kind from
-worker threads for a bounded time, restarts one service every `restart_every_s`,
-and reports per RPC the requests sent, succeeded and failed by status, and the
-acknowledged writes that were lost (feedback acknowledged but missing from the
-store afterwards; must be zero). The integration test runs it briefly, `make
-bench-soak` for minutes.
+(SIGTERM drain or SIGKILL crash, same ports). `Soak.run` drives every RPC kind from
+worker threads and works through `RESTART_SCHEDULE`, one restart every
+`restart_every_s`: every service is SIGKILLed once and SIGTERMed once, and the run
+lasts at least `duration_s` and until the schedule is done. It reports per RPC the
+requests sent, succeeded (and their share) and failed by status; per service the
+longest time its clients got no successful reply (an outage runs from the last
+success before a failure to the next success); the acknowledged writes that were
+lost (feedback acknowledged but missing from the store afterwards; must be zero);
+and pushes applied under a foreign identity (the server's GetStatus names another
+push id or digest for the version a push was acknowledged as; must be zero). The
+integration test runs it briefly, `make bench-soak` for minutes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from services.common.weight_stream import push_requests
 log = logging.getLogger(__name__)
 
 SERVICES = ("reward", "feedback", "policy")
+RESTART_KINDS = ("sigkill", "sigterm")
+# Every service crashed once and drained once; a crash first, and services alternate so no one is hit twice in a row.
+RESTART_SCHEDULE = tuple((name, kind) for kind in RESTART_KINDS for name in SERVICES)
+RPC_SERVICE = {"Generate": "policy", "PushWeights": "policy", "Score": "reward", "SubmitFeedback": "feedback"}
 # A rules reward model: starts in seconds, so restarts of the reward service are quick.
 RULES_TOML = """\
 [[models]]
@@ -41,7 +50,12 @@ kind = "rules"
 target_words = 10
 required_words = ["book"]
 """
-PROMPTS = ("Review a mystery novel.", "Describe a good book.", "What makes a story memorable?", "Summarize a fantasy saga.")
+PROMPTS = (
+    "Review a mystery novel.",
+    "Describe a good book.",
+    "What makes a story memorable?",
+    "Summarize a fantasy saga.",
+)
 
 
 @dataclass
@@ -53,13 +67,51 @@ class Tally:
     failed: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict:
-        return {"sent": self.sent, "succeeded": self.succeeded, "failed": dict(sorted(self.failed.items()))}
+        share = round(self.succeeded / self.sent, 4) if self.sent else None
+        return {
+            "sent": self.sent,
+            "succeeded": self.succeeded,
+            "success_share": share,
+            "failed": dict(sorted(self.failed.items())),
+        }
+
+
+@dataclass
+class Availability:
+    """One service as its clients see it: outages from the last success before a failure to the next success."""
+
+    last_ok: float | None = None
+    down_since: float | None = None
+    longest_s: float = 0.0
+    outages: int = 0
+
+    def succeeded(self, now: float) -> None:
+        if self.down_since is not None:
+            self.longest_s = max(self.longest_s, now - self.down_since)
+            self.outages += 1
+            self.down_since = None
+        self.last_ok = now
+
+    def failed(self, now: float, run_started: float) -> None:
+        if self.down_since is None:
+            self.down_since = self.last_ok if self.last_ok is not None else run_started
+
+    def as_dict(self, now: float) -> dict:
+        still_down = self.down_since is not None
+        longest = max(self.longest_s, now - self.down_since) if still_down else self.longest_s
+        return {
+            "longest_unavailable_s": round(longest, 2),
+            "outages": self.outages + still_down,
+            "down_at_end": still_down,
+        }
 
 
 class SoakStack:
     """The services a soak drives, each restartable on fixed loopback ports."""
 
-    def __init__(self, root: Path, policy_model: str, rewards_toml: str, reward_model: str, policy_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, policy_model: str, rewards_toml: str, reward_model: str, policy_args: tuple[str, ...] = ()
+    ) -> None:
         self.root, self.reward_model = root, reward_model
         root.mkdir(parents=True, exist_ok=True)
         (root / "rewards.toml").write_text(rewards_toml)
@@ -67,19 +119,53 @@ class SoakStack:
         self.ports = {name: free_port() for name in SERVICES}
         self.addresses = {name: f"127.0.0.1:{port}" for name, port in self.ports.items()}
         self.args = {
-            "policy": ["--model", policy_model, "--port", str(self.ports["policy"]), "--metrics-port", "0",
-                       "--experience-db", self.db_url, "--drain-timeout-s", "10", "--grace-s", "2", *policy_args],
-            "reward": ["--port", str(self.ports["reward"]), "--metrics-port", "0", "--models-file", str(root / "rewards.toml")],
-            "feedback": ["--db", self.db_url, "--port", str(self.ports["feedback"]), "--metrics-port", "0", "--grace-s", "1",
-                         "--rate-limit", "0"],
+            "policy": [
+                "--model",
+                policy_model,
+                "--port",
+                str(self.ports["policy"]),
+                "--metrics-port",
+                "0",
+                "--experience-db",
+                self.db_url,
+                "--drain-timeout-s",
+                "10",
+                "--grace-s",
+                "2",
+                *policy_args,
+            ],
+            "reward": [
+                "--port",
+                str(self.ports["reward"]),
+                "--metrics-port",
+                "0",
+                "--models-file",
+                str(root / "rewards.toml"),
+            ],
+            "feedback": [
+                "--db",
+                self.db_url,
+                "--port",
+                str(self.ports["feedback"]),
+                "--metrics-port",
+                "0",
+                "--grace-s",
+                "1",
+                "--rate-limit",
+                "0",
+            ],
         }
         self.modules = {"policy": "services.policy", "reward": "services.reward", "feedback": "services.experience"}
         self.processes: dict[str, ServerProcess] = {}
         self.launches = itertools.count()
 
     def launch(self, name: str) -> ServerProcess:
-        process = ServerProcess(self.modules[name], self.args[name], self.root / f"{name}-{next(self.launches)}.log",
-                                env={"HF_HUB_OFFLINE": "1"})
+        process = ServerProcess(
+            self.modules[name],
+            self.args[name],
+            self.root / f"{name}-{next(self.launches)}.log",
+            env={"HF_HUB_OFFLINE": "1"},
+        )
         self.processes[name] = process.launch()
         return process
 
@@ -106,8 +192,8 @@ class SoakStack:
 
 @dataclass(frozen=True)
 class SoakSettings:
-    duration_s: float = 60.0
-    restart_every_s: float = 20.0
+    duration_s: float = 60.0  # at least; with restarts, also until RESTART_SCHEDULE is done
+    restart_every_s: float = 20.0  # seconds of traffic between one restart's return and the next; 0: no restarts
     push_every_s: float = 5.0
     generate_workers: int = 2
     max_tokens: int = 8
@@ -118,10 +204,18 @@ class SoakSettings:
 class Soak:
     """One soak run: the workers, the restarts and the books."""
 
-    def __init__(self, stack: SoakStack, weights: dict[str, torch.Tensor], settings: SoakSettings,
-                 progress: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(
+        self,
+        stack: SoakStack,
+        weights: dict[str, torch.Tensor],
+        settings: SoakSettings,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.stack, self.weights, self.settings, self.progress = stack, weights, settings, progress
-        self.tallies: dict[str, Tally] = {rpc: Tally() for rpc in ("Generate", "Score", "PushWeights", "SubmitFeedback")}
+        self.tallies: dict[str, Tally] = {rpc: Tally() for rpc in RPC_SERVICE}
+        self.availability: dict[str, Availability] = {name: Availability() for name in SERVICES}
+        self.identity = Counter()  # pushes whose identity GetStatus confirmed / contradicted / could not check
+        self._started = time.monotonic()
         self.samples: deque[tuple[float, str]] = deque(maxlen=1000)  # (time generated, sample id) awaiting feedback
         self.acknowledged: set[str] = set()
         self.pushed_versions: list[int] = []
@@ -140,12 +234,14 @@ class Soak:
         except grpc.RpcError as exc:
             with self._lock:
                 self.tallies[rpc].failed[exc.code().name] += 1
+                self.availability[RPC_SERVICE[rpc]].failed(time.monotonic(), self._started)
             if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                 log.error("%s failed with %s: %s", rpc, exc.code().name, exc.details())
             time.sleep(0.2)  # a down service is not hammered
             return None
         with self._lock:
             self.tallies[rpc].succeeded += 1
+            self.availability[RPC_SERVICE[rpc]].succeeded(time.monotonic())
         return reply
 
     # ---- workers --------------------------------------------------------------------
@@ -186,9 +282,12 @@ class Soak:
                     continue
                 _, sample_id = self.samples.popleft()
                 request = feedback_pb2.SubmitFeedbackRequest(
-                    rater_id=f"soak-{index % 7}", body=feedback_pb2.FeedbackBody(thumbs=feedback_pb2.Thumbs(sample_id=sample_id, up=index % 2 == 0))
+                    rater_id=f"soak-{index % 7}",
+                    body=feedback_pb2.FeedbackBody(thumbs=feedback_pb2.Thumbs(sample_id=sample_id, up=index % 2 == 0)),
                 )
-                reply = self._call("SubmitFeedback", lambda: stub.SubmitFeedback(request, timeout=self.settings.rpc_timeout_s))
+                reply = self._call(
+                    "SubmitFeedback", lambda: stub.SubmitFeedback(request, timeout=self.settings.rpc_timeout_s)
+                )
                 if reply is not None:
                     with self._lock:
                         self.acknowledged.add(reply.feedback_id)
@@ -196,49 +295,100 @@ class Soak:
     def _push(self) -> None:
         with open_channel(self.stack.addresses["policy"]) as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
-            while not self._stop.wait(self.settings.push_every_s):
+            for index in itertools.count():
+                if self._stop.wait(self.settings.push_every_s):
+                    return
                 scale = 1.0 + 1e-3 * self._random.random()
                 tensors = [(name, tensor * scale) for name, tensor in self.weights.items()]
-                reply = self._call("PushWeights", lambda: stub.PushWeights(push_requests(tensors, 1 << 20), timeout=120))
+                push_id = f"soak-{self.settings.seed}-{index}"
+                requests = push_requests(tensors, 1 << 20, push_id=push_id)
+                reply = self._call("PushWeights", lambda: stub.PushWeights(requests, timeout=120))
                 if reply is not None:
                     self.pushed_versions.append(reply.weight_version)
+                    self._check_identity(stub, reply, push_id)
+
+    def _check_identity(self, stub, reply, push_id: str) -> None:
+        """Does the server name this push (id and digest) for the version it acknowledged? Counts the answer."""
+        if reply.push_id != push_id:
+            verdict = "foreign"
+        else:
+            try:
+                status = stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=self.settings.rpc_timeout_s)
+            except grpc.RpcError:
+                status = None
+            if status is None or status.weight_version != reply.weight_version or not status.HasField("current"):
+                verdict = "unchecked"  # the policy restarted or moved on before we asked
+            elif status.current.push_id == push_id and (not reply.sha256 or status.current.sha256 == reply.sha256):
+                verdict = "confirmed"
+            else:
+                verdict = "foreign"
+        if verdict == "foreign":
+            log.error(
+                "push %s acknowledged as version %d is served under another identity", push_id, reply.weight_version
+            )
+        with self._lock:
+            self.identity[verdict] += 1
 
     # ---- the run ----------------------------------------------------------------------
 
     def run(self) -> dict:
         s = self.settings
         threads = [threading.Thread(target=self._generate, args=(w,), daemon=True) for w in range(s.generate_workers)]
-        threads += [threading.Thread(target=target, daemon=True) for target in (self._score, self._feedback, self._push)]
-        started = time.monotonic()
+        threads += [
+            threading.Thread(target=target, daemon=True) for target in (self._score, self._feedback, self._push)
+        ]
+        started = self._started = time.monotonic()
         for thread in threads:
             thread.start()
-        order = itertools.cycle(SERVICES)
+        pending = list(RESTART_SCHEDULE) if s.restart_every_s else []
         next_restart = started + s.restart_every_s
-        while time.monotonic() - started < s.duration_s:
-            if s.restart_every_s and time.monotonic() >= next_restart:
-                name = next(order)
-                crash = len(self.restarts) % 2 == 1  # alternate: graceful drain, then crash
-                self.progress(f"{time.monotonic() - started:5.0f} s: {'crashing' if crash else 'restarting'} {name}")
-                away = self.stack.restart(name, crash)
-                self.restarts.append({"service": name, "kind": "sigkill" if crash else "sigterm", "away_s": round(away, 1),
-                                      "at_s": round(time.monotonic() - started - away, 1)})
+        while time.monotonic() - started < s.duration_s or pending:
+            if pending and time.monotonic() >= next_restart:
+                name, kind = pending.pop(0)
+                self.progress(f"{time.monotonic() - started:5.0f} s: {kind} {name}")
+                away = self.stack.restart(name, crash=kind == "sigkill")
+                self.restarts.append(
+                    {
+                        "service": name,
+                        "kind": kind,
+                        "away_s": round(away, 1),
+                        "at_s": round(time.monotonic() - started - away, 1),
+                    }
+                )
                 next_restart = time.monotonic() + s.restart_every_s
             time.sleep(0.2)
         self._stop.set()
         for thread in threads:
             thread.join(s.rpc_timeout_s + 130)
-        elapsed = time.monotonic() - started
+        ended = time.monotonic()
+        elapsed = ended - started
         stored = self._stored_feedback_ids()
         lost = sorted(self.acknowledged - stored)
+        rpcs = {rpc: tally.as_dict() for rpc, tally in self.tallies.items()}
+        shares = {rpc: t["success_share"] for rpc, t in rpcs.items() if t["success_share"] is not None}
         return {
             "duration_s": round(elapsed, 1),
             "settings": asdict(s),
             "restarts": self.restarts,
-            "rpcs": {rpc: tally.as_dict() for rpc, tally in self.tallies.items()},
+            "restarts_by_service": {
+                name: dict(Counter(r["kind"] for r in self.restarts if r["service"] == name)) for name in SERVICES
+            },
+            "every_service_sigkilled_and_sigtermed": {(r["service"], r["kind"]) for r in self.restarts}
+            >= set(RESTART_SCHEDULE),
+            "rpcs": rpcs,
+            "worst_rpc": min(shares, key=shares.get) if shares else None,
+            "worst_rpc_success_share": min(shares.values()) if shares else None,
+            "availability": {name: a.as_dict(ended) for name, a in self.availability.items()},
+            "longest_restart_s": {
+                name: max((r["away_s"] for r in self.restarts if r["service"] == name), default=0.0)
+                for name in SERVICES
+            },
             "sent": sum(t.sent for t in self.tallies.values()),
             "succeeded": sum(t.succeeded for t in self.tallies.values()),
             "acknowledged_writes": {"feedback": len(self.acknowledged), "pushes": len(self.pushed_versions)},
             "lost": {"feedback": len(lost)},
+            "pushes_under_foreign_identity": self.identity["foreign"],
+            "push_identity": {k: self.identity[k] for k in ("confirmed", "foreign", "unchecked")},
             "lost_ids": lost[:20],
             "pushed_versions_increasing_between_restarts": _increasing_runs(self.pushed_versions),
             "serving_after": self._serving_after(),
@@ -250,7 +400,9 @@ class Soak:
             stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
             cursor = 0
             while True:
-                page = stub.ExportFeedback(feedback_pb2.ExportFeedbackRequest(since_cursor=cursor, limit=10000), timeout=60)
+                page = stub.ExportFeedback(
+                    feedback_pb2.ExportFeedbackRequest(since_cursor=cursor, limit=10000), timeout=60
+                )
                 stored |= {r.feedback_id for r in page.records}
                 cursor = page.next_cursor
                 if not page.has_more:
@@ -260,14 +412,21 @@ class Soak:
         """Whether each service answers a well-formed request once the soak is over."""
         results = {}
         with open_channel(self.stack.addresses["policy"]) as channel:
-            request = policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text=PROMPTS[0])],
-                                                 sampling=policy_pb2.SamplingParams(max_tokens=4))
+            request = policy_pb2.GenerateRequest(
+                prompts=[policy_pb2.Prompt(text=PROMPTS[0])], sampling=policy_pb2.SamplingParams(max_tokens=4)
+            )
             results["policy"] = _ok(lambda: policy_pb2_grpc.PolicyServiceStub(channel).Generate(request, timeout=60))
         with open_channel(self.stack.addresses["reward"]) as channel:
-            request = reward_pb2.ScoreRequest(model=self.stack.reward_model, items=[reward_pb2.ScoreItem(prompt="p", completion="c")])
+            request = reward_pb2.ScoreRequest(
+                model=self.stack.reward_model, items=[reward_pb2.ScoreItem(prompt="p", completion="c")]
+            )
             results["reward"] = _ok(lambda: reward_pb2_grpc.RewardServiceStub(channel).Score(request, timeout=60))
         with open_channel(self.stack.addresses["feedback"]) as channel:
-            results["feedback"] = _ok(lambda: feedback_pb2_grpc.FeedbackServiceStub(channel).GetStats(feedback_pb2.GetStatsRequest(), timeout=60))
+            results["feedback"] = _ok(
+                lambda: feedback_pb2_grpc.FeedbackServiceStub(channel).GetStats(
+                    feedback_pb2.GetStatsRequest(), timeout=60
+                )
+            )
         return results
 
 

@@ -16,34 +16,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.clients.timing import RequestResult
+
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")
 SLO_METRICS = ("ttft", "tpot", "e2el")
-
-
-@dataclass(frozen=True)
-class RequestResult:
-    """What the client saw of one request. Times in seconds; `error` is a gRPC status name."""
-
-    started: float
-    success: bool
-    e2el: float = 0.0
-    ttft: float | None = None
-    itl: tuple[float, ...] = field(default_factory=tuple)
-    input_tokens: int | None = None
-    output_tokens: int = 0
-    items: int = 0
-    error: str = ""
-    detail: str = ""
-
-    @property
-    def tpot(self) -> float | None:
-        if self.ttft is None or self.output_tokens <= 1:
-            return None
-        return (self.e2el - self.ttft) / (self.output_tokens - 1)
 
 
 def parse_goodput(specs: Iterable[str]) -> dict[str, float]:
@@ -52,7 +31,9 @@ def parse_goodput(specs: Iterable[str]) -> dict[str, float]:
     for spec in (part for text in specs for part in text.replace(",", " ").split()):
         name, sep, value = spec.partition(":")
         if not sep or name not in SLO_METRICS:
-            raise ValueError(f"goodput SLO {spec!r}: expected <metric>:<ms> with metric one of {', '.join(SLO_METRICS)}")
+            raise ValueError(
+                f"goodput SLO {spec!r}: expected <metric>:<ms> with metric one of {', '.join(SLO_METRICS)}"
+            )
         try:
             slos[name] = float(value)
         except ValueError:
@@ -96,7 +77,9 @@ def _meets_slos(result: RequestResult, slos: dict[str, float]) -> bool:
 
 def _describe(values: Sequence[float], metric: str, percentiles: Sequence[float]) -> dict[str, float | None]:
     """mean/median/std and percentiles in ms; None when nothing was measured."""
-    keys = [f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms"] + [percentile_key(metric, p) for p in percentiles]
+    keys = [f"mean_{metric}_ms", f"median_{metric}_ms", f"std_{metric}_ms"] + [
+        percentile_key(metric, p) for p in percentiles
+    ]
     if not values:
         return dict.fromkeys(keys)
     array = np.asarray(values, dtype=float) * 1000.0

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.v1 import policy_pb2, reward_pb2
-from services.trainer.data import PromptRow, load_prompts
+from services.common.prompt_templates import Templates, tagged_request_id
+from services.common.prompts import PromptRow, load_prompts
 
 SYNTHETIC = "synthetic"
 
@@ -66,29 +67,39 @@ class PolicyWorkload:
         temperature: float = 1.0,
         chat_template: bool = True,
         seed: int = 0,
+        templates: Templates | None = None,
     ) -> None:
         self.rng = np.random.default_rng(seed)
-        self.rows = None if dataset == SYNTHETIC else _RowCycle(load_rows(dataset), self.rng)
+        self.templates = templates or Templates()
+        self.rows = None
+        if dataset != SYNTHETIC:
+            rows = load_rows(dataset)
+            self.templates.check_rows(rows, dataset)
+            self.rows = _RowCycle(rows, self.rng)
         self.vocab_size, self.input_len, self.output_len = vocab_size, input_len, output_len
         self.range_ratio, self.temperature, self.chat_template = range_ratio, temperature, chat_template
         self.count = 0
 
-    def _prompt(self) -> policy_pb2.Prompt:
+    def _prompt(self) -> tuple[policy_pb2.Prompt, str | None]:
+        """The prompt and its template's name (None for synthetic token ids: no template applies)."""
         if self.rows is not None:
-            return policy_pb2.Prompt(text=self.rows.next().prompt, apply_chat_template=self.chat_template)
+            text, template = self.templates.render(self.rows.next())
+            return policy_pb2.Prompt(text=text, apply_chat_template=self.chat_template), template
         length = draw_length(self.input_len, self.range_ratio, self.rng)
-        return policy_pb2.Prompt(token_ids=self.rng.integers(0, self.vocab_size, size=length).tolist())
+        return policy_pb2.Prompt(token_ids=self.rng.integers(0, self.vocab_size, size=length).tolist()), None
 
     def next_request(self) -> policy_pb2.GenerateRequest:
         self.count += 1
+        prompt, template = self._prompt()
+        request_id = f"loadtest-{self.count}"
         return policy_pb2.GenerateRequest(
-            prompts=[self._prompt()],
+            prompts=[prompt],
             sampling=policy_pb2.SamplingParams(
                 n=1,
                 max_tokens=draw_length(self.output_len, self.range_ratio, self.rng),
                 temperature=self.temperature,
             ),
-            request_id=f"loadtest-{self.count}",
+            request_id=tagged_request_id(request_id, template) if template else request_id,
         )
 
 

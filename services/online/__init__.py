@@ -3,7 +3,7 @@
 - `simulator.py` (with `preference.py`, `routing.py`): simulated users send prompts to a
   stable and a canary policy replica and judge what they get from a hidden preference
   function, with noise and a share of adversarial raters.
-- `loop.py`: the continuous loop (`python -m services.trainer online`): retrain the
+- `loop.py`: the continuous loop (`rlhf-online run`): retrain the
   reward model on new preferences and hot-swap it, RL on recent live prompts plus a
   replay of older ones, push each round's weights to the canary, checkpoint.
 - `canary.py` (with `quality.py`): safe rollout: compare the canary version's feedback

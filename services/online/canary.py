@@ -1,15 +1,18 @@
-"""Safe rollout: a new policy version serves the canary replica first, and stays only if users like it.
+"""Safe rollout: a new policy version serves the canary replica first, and stays only if users prefer it.
 
 `deploy` pushes the candidate to the canary under a fresh version number, then reads
-the store's denoised ratings until both the candidate and the stable version have
-`min_ratings` rated samples (or `window_s` passes), and decides with `judge`: if
-the candidate's mean score is below the stable version's by more than `margin`, the
-canary is rolled back (its Rollback RPC restores the stable version in place);
-otherwise the same weights are pushed to the stable replica under the same number.
-Without enough ratings in the window the outcome is `on_inconclusive` (default
-rollback: an unproven version does not reach everyone). The comparison is paired by
-rater (`VersionQuality.paired`): only raters who rated both versions count, so the
-canary's users are compared with themselves, not with the stable replica's users.
+the paired judgements users make between the two versions (a canary user shown one
+completion of each picks one; `judgements.PairedJudgements`) and decides with the
+sequential test of `sequential.py`: promote when the candidate's win rate against
+stable is surely above 0.5 - delta, roll back when it is surely below 0.5, keep
+collecting otherwise. The test is a confidence sequence, valid however often it is
+looked at, so a delta-worse candidate is promoted with probability at most alpha.
+At the end of the window (`max_judgements` or `window_s`) the outcome is
+`on_inconclusive` (default rollback: an unproven version does not reach everyone).
+A rollback uses the canary's Rollback RPC (the stable version is restored in place);
+a promotion pushes the same weights to the stable replica under the same number.
+The rated scores of both versions (`VersionQuality.paired`) are recorded with each
+decision for the record; they do not decide.
 """
 
 from __future__ import annotations
@@ -22,51 +25,45 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from services.online.clients import PolicyReplica
-from services.online.quality import VersionQuality, VersionStats
+from services.clients.policy import PolicyReplica
+from services.common.config import option
+from services.online.hacking_guard import RewardHackingGuard
+from services.online.judgements import PairedJudgements
+from services.online.quality import VersionQuality
+from services.online.sequential import (
+    PROMOTE,
+    ROLLBACK,
+    WAIT,
+    SequentialDecision,
+    SequentialSettings,
+    decide,
+)
 from services.online.versions import VersionAllocator
+
+__all__ = ["PROMOTE", "ROLLBACK", "WAIT", "CanarySettings", "Decision", "SafeRollout", "Stopped", "judge"]
 
 log = logging.getLogger(__name__)
 
-PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
-
 
 @dataclass(frozen=True)
-class CanarySettings:
-    min_ratings: int = 20
-    margin: float = 0.05
-    window_s: float = 300.0
-    poll_s: float = 2.0
-    on_inconclusive: str = ROLLBACK
+class CanarySettings(SequentialSettings):
+    """The canary gate: the sequential test's settings plus how long to wait and what an inconclusive test means."""
+
+    window_s: float = option(300.0, "Longest wait for a decision on one candidate, in seconds.")
+    poll_s: float = option(2.0, "How often the judgements are read while a candidate is on the canary.")
+    on_inconclusive: str = option(ROLLBACK, "Outcome when the window ends without a decision: rollback or promote.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.on_inconclusive not in (PROMOTE, ROLLBACK):
             raise ValueError(f"on_inconclusive must be {PROMOTE!r} or {ROLLBACK!r}, got {self.on_inconclusive!r}")
-        if self.min_ratings < 1 or self.margin < 0 or self.window_s <= 0 or self.poll_s <= 0:
-            raise ValueError("min_ratings must be >= 1, margin >= 0, window_s and poll_s > 0")
+        if self.window_s <= 0 or self.poll_s <= 0:
+            raise ValueError("window_s and poll_s must be > 0")
 
 
-@dataclass(frozen=True)
-class Verdict:
-    action: str  # promote, rollback or wait
-    reason: str
-
-
-def judge(candidate: VersionStats, baseline: VersionStats, settings: CanarySettings, window_over: bool) -> Verdict:
-    """The rollout decision from the two versions' rated samples (pure, so it is unit-tested)."""
-    enough = candidate.samples >= settings.min_ratings and baseline.samples >= settings.min_ratings
-    if not enough:
-        if not window_over:
-            return Verdict(WAIT, "collecting ratings")
-        return Verdict(settings.on_inconclusive,
-                       f"inconclusive: {candidate.samples} rated samples of the candidate and {baseline.samples} of "
-                       f"the stable version by raters who judged both, after the window (need {settings.min_ratings} each)")
-    gap = candidate.mean - baseline.mean
-    if gap < -settings.margin:
-        return Verdict(ROLLBACK, f"candidate scores {candidate.mean:.3f} vs stable {baseline.mean:.3f} "
-                                 f"({gap:+.3f}, below the margin of {settings.margin:g}; {candidate.raters} raters)")
-    return Verdict(PROMOTE, f"candidate scores {candidate.mean:.3f} vs stable {baseline.mean:.3f} "
-                            f"({gap:+.3f}; {candidate.raters} raters)")
+def judge(wins: int, n: int, settings: CanarySettings, window_over: bool) -> SequentialDecision:
+    """The rollout decision from the candidate's `wins` in `n` paired judgements against stable."""
+    return decide(wins, n, settings, window_over, settings.on_inconclusive)
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,15 @@ class Decision:
     baseline_version: int
     action: str
     reason: str
-    candidate: dict
+    n: int  # paired judgements the decision read
+    effect: float | None  # candidate's win rate against stable - 0.5
+    ci_low: float | None  # time-uniform (1 - alpha) bounds on the effect
+    ci_high: float | None
+    statistic: float | None  # log mixture likelihood ratio (rejects at >= threshold)
+    threshold: float
+    test: dict  # the whole SequentialDecision
+    guard: dict | None  # the reward-hacking guard's verdict (None without a guard)
+    candidate: dict  # rated stats of the raters who rated both versions (for the record)
     baseline: dict
     seconds: float
 
@@ -88,36 +93,91 @@ class Stopped(Exception):
 
 
 class SafeRollout:
-    def __init__(self, stable: PolicyReplica, canary: PolicyReplica, quality: VersionQuality, reader,
-                 versions: VersionAllocator, settings: CanarySettings) -> None:
+    def __init__(
+        self,
+        stable: PolicyReplica,
+        canary: PolicyReplica,
+        quality: VersionQuality,
+        reader,
+        versions: VersionAllocator,
+        settings: CanarySettings,
+        judgements: PairedJudgements | None = None,
+    ) -> None:
         self.stable, self.canary, self.quality, self.reader = stable, canary, quality, reader
         self.versions, self.settings = versions, settings
+        self.judgements = judgements if judgements is not None else PairedJudgements()
+        self.guard: RewardHackingGuard | None = None  # set by the loop; checks every candidate before promotion
 
-    def deploy(self, tensors: Sequence[tuple[str, torch.Tensor]], note: str, baseline: int,
-               stop: threading.Event | None = None) -> Decision:
+    @property
+    def halted(self) -> str:
+        """Why RL must stop (the reward-hacking guard tripped); empty otherwise."""
+        return self.guard.halted if self.guard is not None else ""
+
+    def deploy(
+        self, tensors: Sequence[tuple[str, torch.Tensor]], note: str, baseline: int, stop: threading.Event | None = None
+    ) -> Decision:
         """Canary, judge, then roll back or promote. `baseline` is the version the stable replica serves."""
         started = time.monotonic()
         candidate = self.versions.allocate()
         self.canary.push(tensors, candidate, note)
         verdict = self.evaluate(candidate, baseline, stop)
-        if verdict.action == ROLLBACK:
-            self.canary.rollback(baseline, f"canary check: {verdict.reason}")
+        action, reason, guarded = verdict.action, verdict.reason, None
+        if self.guard is not None and self.guard.settings.enabled:
+            self.judgements.refresh_gold(self.reader)
+            checked = self.guard.review(candidate, baseline, *self.judgements.gold_tally(candidate, baseline))
+            guarded = asdict(checked)
+            if checked.tripped:
+                action, reason = ROLLBACK, f"reward-hacking guard: {checked.reason} (canary test: {verdict.reason})"
+        if action == ROLLBACK:
+            self.canary.rollback(baseline, f"canary check: {reason}")
         else:
             self.stable.push(tensors, candidate, note)
-        paired = self.quality.paired(candidate, baseline)
-        decision = Decision(candidate, baseline, verdict.action, verdict.reason, paired[0].as_dict(), paired[1].as_dict(),
-                            round(time.monotonic() - started, 2))
-        log.info("canary %s version %d (stable %d): %s", decision.action, candidate, baseline, decision.reason)
+        self.quality.refresh(self.reader)
+        rated = self.quality.paired(candidate, baseline)
+        decision = Decision(
+            candidate,
+            baseline,
+            action,
+            reason,
+            verdict.n,
+            verdict.effect,
+            verdict.ci_low,
+            verdict.ci_high,
+            verdict.statistic,
+            verdict.threshold,
+            verdict.as_dict(),
+            guarded,
+            rated[0].as_dict(),
+            rated[1].as_dict(),
+            round(time.monotonic() - started, 2),
+        )
+        log.info(
+            "canary %s version %d (stable %d): n=%d effect=%s interval=[%s, %s] statistic=%s: %s",
+            decision.action,
+            candidate,
+            baseline,
+            decision.n,
+            _fmt(decision.effect),
+            _fmt(decision.ci_low),
+            _fmt(decision.ci_high),
+            _fmt(decision.statistic),
+            decision.reason,
+        )
         return decision
 
-    def evaluate(self, candidate: int, baseline: int, stop: threading.Event | None = None) -> Verdict:
+    def evaluate(self, candidate: int, baseline: int, stop: threading.Event | None = None) -> SequentialDecision:
         deadline = time.monotonic() + self.settings.window_s
         while True:
-            self.quality.refresh(self.reader)
-            verdict = judge(*self.quality.paired(candidate, baseline), self.settings, window_over=time.monotonic() >= deadline)
+            self.judgements.refresh(self.reader)
+            wins, n = self.judgements.tally(candidate, baseline)
+            verdict = judge(wins, n, self.settings, window_over=time.monotonic() >= deadline)
             if verdict.action != WAIT:
                 return verdict
             if stop is not None and stop.wait(self.settings.poll_s):
                 raise Stopped(f"stopped while judging version {candidate}")
             if stop is None:
                 time.sleep(self.settings.poll_s)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"

@@ -33,8 +33,12 @@ class VersionStats:
     raters: int = 0  # raters behind them
 
     def as_dict(self) -> dict:
-        return {"version": self.version, "rated_samples": self.samples, "raters": self.raters,
-                "mean_score": None if self.mean is None else round(self.mean, 4)}
+        return {
+            "version": self.version,
+            "rated_samples": self.samples,
+            "raters": self.raters,
+            "mean_score": None if self.mean is None else round(self.mean, 4),
+        }
 
 
 class VersionQuality:
@@ -95,9 +99,12 @@ class VersionQuality:
         return [self.stats(v) for v in sorted({v for v, _ in self._scores.values()})]
 
     def state_dict(self) -> dict:
-        return {"cursor": self.cursor, "export_cursor": self.export_cursor,
-                "scores": {k: list(v) for k, v in self._scores.items()},
-                "raters": {k: sorted(v) for k, v in self._raters.items()}}
+        return {
+            "cursor": self.cursor,
+            "export_cursor": self.export_cursor,
+            "scores": {k: list(v) for k, v in self._scores.items()},
+            "raters": {k: sorted(v) for k, v in self._raters.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.cursor, self.export_cursor = int(state["cursor"]), int(state["export_cursor"])

@@ -9,6 +9,12 @@ time the user rates some samples (1-5) and, when there are two, picks the better
 Feedback goes to the FeedbackService of the replica the user talked to (a policy with
 `--experience-db` hosts it) unless `feedback_address` names another.
 
+A canary user's request is, with `interleave_probability`, answered by both replicas
+at once (one completion each, shown in random order, the pattern of search-ranking
+interleaving): the user's pick is a paired stable-vs-canary judgement, the input of
+the canary's sequential test. Run with `request_rate=inf` and a large
+`max_concurrency`, users keep as many requests in flight as the engine batches.
+
 Serving failures (a replica restarting) are counted, not fatal. Every acknowledged
 feedback record can be appended to `acked_log` (JSONL), so a crash test can check
 that the store kept each one. The summary reports, per weight version, the hidden
@@ -35,13 +41,16 @@ import grpc
 
 from rlhf.v1 import feedback_pb2 as fb
 from rlhf.v1 import feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
-from services.common.client import open_channel
+from services.common.arrivals import arrival_gaps
+from services.common.client import open_channel, require_loopback
 from services.common.config import option
-from services.loadtest.arrivals import arrival_gaps
-from services.online.clients import require_loopback
-from services.online.preference import HiddenPreference, PreferenceSpec, Rater
+from services.common.prompts import PromptRow, load_prompts
 from services.online.routing import CANARY, STABLE, CanaryRouter
-from services.trainer.data import PromptRow, load_prompts
+from services.reward.training.simulated_preference import (
+    HiddenPreference,
+    PreferenceSpec,
+    Rater,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,9 @@ class SimulatorConfig:
     stable_address: str = option("127.0.0.1:50051", "Stable policy replica (host:port, loopback only).")
     canary_address: str = option("", "Canary policy replica (loopback only); empty: every user goes to the stable one.")
     canary_fraction: float = option(0.2, "Share of users (sticky by user id) routed to the canary.")
-    feedback_address: str = option("", "FeedbackService to submit to; empty: the replica the user talked to (policy started with --experience-db).")
+    feedback_address: str = option(
+        "", "FeedbackService to submit to; empty: the replica the user talked to (policy started with --experience-db)."
+    )
     prompts_file: str = option("data/book_reviews.jsonl", "JSONL prompts ({prompt, ...} per line).")
     users: int = option(40, "Simulated users (each is also a rater).")
     adversarial_fraction: float = option(0.1, "Share of users who report the opposite of what they think.")
@@ -71,9 +82,20 @@ class SimulatorConfig:
     apply_chat_template: bool = option(True, "Send prompts through the model's chat template.")
     rating_probability: float = option(0.8, "Chance a user rates a given sample (1-5).")
     pairwise_probability: float = option(0.6, "Chance a user picks the better of the first two samples.")
-    gold_probability: float = option(0.1, "Chance a noise-free expert also answers a request's pair as gold (SubmitGoldFeedback, scope admin); gold lets the store's filters find adversarial raters.")
-    gold_min_gap: float = option(0.1, "Gold answers are given only on clear cases: hidden utilities at least this far apart.")
-    think_time_s: float = option(0.3, "Delay between a reply and the user's feedback (lets the policy's recorder store the samples).")
+    interleave_probability: float = option(
+        0.5,
+        "Chance a canary user's request is answered by both replicas (one completion each, random order) and judged as a stable-vs-canary pair.",
+    )
+    gold_probability: float = option(
+        0.1,
+        "Chance a noise-free expert also answers a request's pair as gold (SubmitGoldFeedback, scope admin); gold lets the store's filters find adversarial raters.",
+    )
+    gold_min_gap: float = option(
+        0.1, "Gold answers are given only on clear cases: hidden utilities at least this far apart."
+    )
+    think_time_s: float = option(
+        0.3, "Delay between a reply and the user's feedback (lets the policy's recorder store the samples)."
+    )
     target_words: int = option(40, "Hidden preference: the completion length users like, in words.")
     title_weight: float = option(1.0, "Hidden preference: weight of naming the book asked about.")
     length_weight: float = option(1.0, "Hidden preference: weight of being near target_words long.")
@@ -85,7 +107,14 @@ class SimulatorConfig:
     log_level: str = option("INFO", "Python logging level.")
 
     def __post_init__(self) -> None:
-        for name in ("canary_fraction", "adversarial_fraction", "rating_probability", "pairwise_probability", "gold_probability"):
+        for name in (
+            "canary_fraction",
+            "adversarial_fraction",
+            "rating_probability",
+            "pairwise_probability",
+            "gold_probability",
+            "interleave_probability",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.users < 1 or self.max_concurrency < 1 or self.samples_per_request < 1 or self.max_tokens < 1:
@@ -118,13 +147,20 @@ class VersionTally:
 
     samples: int = 0
     utility_sum: float = 0.0
+    utility_sq_sum: float = 0.0
     ratings: int = 0
     rating_sum: float = 0.0
+
+    def add(self, utility: float) -> None:
+        self.samples += 1
+        self.utility_sum += utility
+        self.utility_sq_sum += utility * utility
 
     def as_dict(self) -> dict:
         return {
             "samples": self.samples,
             "mean_hidden_utility": round(self.utility_sum / self.samples, 4) if self.samples else None,
+            "hidden_utility_sq_sum": round(self.utility_sq_sum, 6),
             "ratings": self.ratings,
             "mean_rating": round(self.rating_sum / self.ratings, 4) if self.ratings else None,
         }
@@ -136,6 +172,7 @@ class Tally:
     feedback: Counter = field(default_factory=Counter)  # kind -> acknowledged
     rejected: Counter = field(default_factory=Counter)  # status code name -> count
     versions: dict = field(default_factory=lambda: defaultdict(VersionTally))  # (replica, version) -> VersionTally
+    judgements: Counter = field(default_factory=Counter)  # (version, version), sorted -> acknowledged pairwise choices
 
 
 class TrafficSimulator:
@@ -163,44 +200,79 @@ class TrafficSimulator:
 
     def _request(self, index: int, user: SimUser, row: PromptRow, rng: random.Random) -> None:
         c = self.config
-        request = policy_pb2.GenerateRequest(
-            prompts=[policy_pb2.Prompt(text=row.prompt, apply_chat_template=c.apply_chat_template)],
-            sampling=policy_pb2.SamplingParams(n=c.samples_per_request, max_tokens=c.max_tokens, temperature=c.temperature,
-                                               seed=rng.getrandbits(48)),
-            request_id=f"sim-{c.seed}-{index}",
-            recording=policy_pb2.RECORDING_MODE_ON,
+        interleaved = user.replica == CANARY and bool(c.canary_address) and rng.random() < c.interleave_probability
+
+        def request(n: int, suffix: str = "") -> policy_pb2.GenerateRequest:
+            return policy_pb2.GenerateRequest(
+                prompts=[policy_pb2.Prompt(text=row.prompt, apply_chat_template=c.apply_chat_template)],
+                # No per-request seed: users do not need reproducible samples, and vLLM 0.32's CPU runner fails on
+                # seeded requests whose prefill is chunked under load ("CPU Generator does not use offset").
+                sampling=policy_pb2.SamplingParams(n=n, max_tokens=c.max_tokens, temperature=c.temperature),
+                request_id=f"sim-{c.seed}-{index}{suffix}",
+                recording=policy_pb2.RECORDING_MODE_ON,
+            )
+
+        # (replica, pending reply): an interleaved request goes to both replicas at once, one completion each
+        calls = (
+            [
+                (name, self._policy[name].Generate.future(request(1, f"-{name}"), timeout=c.rpc_timeout_s))
+                for name in (CANARY, STABLE)
+            ]
+            if interleaved
+            else [
+                (
+                    user.replica,
+                    self._policy[user.replica].Generate.future(request(c.samples_per_request), timeout=c.rpc_timeout_s),
+                )
+            ]
         )
-        try:
-            reply = self._policy[user.replica].Generate(request, timeout=c.rpc_timeout_s)
-        except grpc.RpcError as exc:
-            self._count_request(user.replica, exc.code().name)
-            return
-        self._count_request(user.replica, "ok")
-        samples = list(reply.results[0].samples)
+        served: list[tuple[str, policy_pb2.Sample]] = []
+        for name, call in calls:
+            try:
+                served += [(name, sample) for sample in call.result().results[0].samples]
+            except grpc.RpcError as exc:
+                self._count_request(name, exc.code().name)
+                return
+            self._count_request(name, "ok")
+        if interleaved:
+            rng.shuffle(served)  # the user does not know which side is the canary
+        samples = [sample for _, sample in served]
         utilities = [self.preference.utility(row.prompt, s.text) for s in samples]
         with self._lock:
-            for sample, utility in zip(samples, utilities):
-                tally = self.tally.versions[(user.replica, sample.weight_version)]
-                tally.samples += 1
-                tally.utility_sum += utility
+            for (name, sample), utility in zip(served, utilities):
+                self.tally.versions[(name, sample.weight_version)].add(utility)
         time.sleep(c.think_time_s)
         stub = self._feedback[user.replica]
-        for sample, utility in zip(samples, utilities):
+        for (name, sample), utility in zip(served, utilities):
             if rng.random() < c.rating_probability:
                 value = user.rater.rating(utility, rng)
-                body = fb.FeedbackBody(rating=fb.Rating(sample_id=sample.sample_id, value=value, scale_min=1, scale_max=5))
+                body = fb.FeedbackBody(
+                    rating=fb.Rating(sample_id=sample.sample_id, value=value, scale_min=1, scale_max=5)
+                )
                 if self._submit(stub.SubmitFeedback, user, body, "rating", [sample], user.replica):
                     with self._lock:
-                        tally = self.tally.versions[(user.replica, sample.weight_version)]
+                        tally = self.tally.versions[(name, sample.weight_version)]
                         tally.ratings += 1
                         tally.rating_sum += value
         if len(samples) >= 2 and samples[0].text != samples[1].text:
             if rng.random() < c.pairwise_probability:
                 first = user.rater.prefers_first(utilities[0], utilities[1], rng)
-                self._submit(stub.SubmitFeedback, user, _pairwise(samples, first), "pairwise", samples[:2], user.replica)
+                kind = "interleaved" if interleaved else "pairwise"
+                if self._submit(stub.SubmitFeedback, user, _pairwise(samples, first), kind, samples[:2], user.replica):
+                    with self._lock:
+                        self.tally.judgements[
+                            tuple(sorted((samples[0].weight_version, samples[1].weight_version)))
+                        ] += 1
             if rng.random() < c.gold_probability and abs(utilities[0] - utilities[1]) >= c.gold_min_gap:
                 gold = SimUser(GOLD_RATER, Rater(GOLD_RATER, 0.0), user.replica)
-                self._submit(stub.SubmitGoldFeedback, gold, _pairwise(samples, utilities[0] > utilities[1]), "gold", samples[:2], user.replica)
+                self._submit(
+                    stub.SubmitGoldFeedback,
+                    gold,
+                    _pairwise(samples, utilities[0] > utilities[1]),
+                    "gold",
+                    samples[:2],
+                    user.replica,
+                )
 
     def _submit(self, method, user: SimUser, body: fb.FeedbackBody, kind: str, samples, replica: str) -> bool:
         request = fb.SubmitFeedbackRequest(rater_id=user.user_id, body=body)
@@ -219,10 +291,19 @@ class TrafficSimulator:
         with self._lock:
             self.tally.feedback[kind] += 1
             if self._acked is not None:
-                self._acked.write(json.dumps({
-                    "feedback_id": reply.feedback_id, "kind": kind, "rater_id": user.user_id, "replica": replica,
-                    "sample_ids": [s.sample_id for s in samples], "weight_versions": [s.weight_version for s in samples],
-                }) + "\n")
+                self._acked.write(
+                    json.dumps(
+                        {
+                            "feedback_id": reply.feedback_id,
+                            "kind": kind,
+                            "rater_id": user.user_id,
+                            "replica": replica,
+                            "sample_ids": [s.sample_id for s in samples],
+                            "weight_versions": [s.weight_version for s in samples],
+                        }
+                    )
+                    + "\n"
+                )
                 self._acked.flush()
         return True
 
@@ -242,14 +323,20 @@ class TrafficSimulator:
         started = time.monotonic()
         deadline = started + c.duration_s
         sent = 0
-        log.info("simulating %d users (%d on the canary, %d adversarial) at %.3g req/s for up to %.0f s / %d requests",
-                 len(self.users), sum(u.replica == CANARY for u in self.users), sum(u.rater.adversarial for u in self.users),
-                 c.request_rate, c.duration_s, c.max_requests)
+        log.info(
+            "simulating %d users (%d on the canary, %d adversarial) at %.3g req/s for up to %.0f s / %d requests",
+            len(self.users),
+            sum(u.replica == CANARY for u in self.users),
+            sum(u.rater.adversarial for u in self.users),
+            c.request_rate,
+            c.duration_s,
+            c.max_requests,
+        )
 
         def job(index: int, user: SimUser, row: PromptRow, seed: int) -> None:
             try:
                 self._request(index, user, row, random.Random(seed))
-            except Exception:  # noqa: BLE001 - one user's bad luck must not stop the simulation
+            except Exception:
                 log.exception("simulated request %d failed", index)
             finally:
                 slots.release()
@@ -282,8 +369,16 @@ class TrafficSimulator:
                 "feedback_acknowledged": dict(self.tally.feedback),
                 "feedback_rejected": dict(self.tally.rejected),
                 "by_replica_version": versions,
-                "users": {"total": len(self.users), "canary": sum(u.replica == CANARY for u in self.users),
-                          "adversarial": sum(u.rater.adversarial for u in self.users)},
+                "requests_per_s": round(sum(n for (_, o), n in self.tally.requests.items() if o == "ok") / seconds, 3)
+                if seconds > 0
+                else None,
+                "judgements": {f"v{a}-v{b}": n for (a, b), n in sorted(self.tally.judgements.items())},
+                "judgements_per_version": judgements_per_version(self.tally.judgements),
+                "users": {
+                    "total": len(self.users),
+                    "canary": sum(u.replica == CANARY for u in self.users),
+                    "adversarial": sum(u.rater.adversarial for u in self.users),
+                },
             }
 
     def close(self) -> None:
@@ -293,9 +388,20 @@ class TrafficSimulator:
             self._acked.close()
 
 
+def judgements_per_version(judgements: Counter) -> dict[str, int]:
+    """Pairwise choices each weight version took part in (a same-version pair counts once)."""
+    counts: Counter = Counter()
+    for (a, b), n in judgements.items():
+        for version in {a, b}:
+            counts[f"v{version}"] += n
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0][1:])))
+
+
 def _pairwise(samples, first_wins: bool) -> fb.FeedbackBody:
     chosen, rejected = (samples[0], samples[1]) if first_wins else (samples[1], samples[0])
-    return fb.FeedbackBody(pairwise=fb.PairwiseChoice(chosen_sample_id=chosen.sample_id, rejected_sample_id=rejected.sample_id))
+    return fb.FeedbackBody(
+        pairwise=fb.PairwiseChoice(chosen_sample_id=chosen.sample_id, rejected_sample_id=rejected.sample_id)
+    )
 
 
 def write_summary(summary: dict, output: str) -> None:

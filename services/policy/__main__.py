@@ -11,13 +11,14 @@ from services.common.config import describe, load_config
 from services.common.model_store import prepare_smollm2
 from services.common.server import Registration, run_server, setup_logging
 from services.common.weight_stream import fused_groups_for
-from services.experience.embedded import EmbeddedExperience
+from services.experience.embedded import EmbeddedExperience  # composition root: see [tool.importlinter]
 from services.policy.config import PolicyConfig
 from services.policy.engine import VllmEngine
 from services.policy.sampling import Limits
 from services.policy.server import PolicyServicer
 from services.policy.weight_history import WeightHistory, checkpoint_sources
 from services.policy.weight_staging import read_manifest, staging_dir
+from services.policy.weights import WeightManager
 
 log = logging.getLogger("services.policy")
 
@@ -40,21 +41,25 @@ async def serve(config: PolicyConfig) -> None:
     engine = VllmEngine(config, model_dir)
     experience = EmbeddedExperience.open(config, tokenizer)  # recording + FeedbackService when --experience-db is set
     staging = staging_dir(config.staging_dir)
-    servicer = PolicyServicer(
-        engine=engine,
-        tokenizer=tokenizer,
-        limits=limits,
+    weights = WeightManager(
+        engine,
         manifest=read_manifest(model_dir),
         staging=staging,
         max_push_bytes=int(config.max_push_gb * 1e9),
         drain_timeout_s=config.drain_timeout_s,
-        model_name=model_dir,
         fused_groups=fused_groups_for(str(model_config.model_type)),
-        max_concurrent_requests=config.max_concurrent_requests,
-        traffic=experience.traffic,
         history=WeightHistory(checkpoint_sources(model_dir), config.keep_versions),
         weight_transfer=config.weight_transfer,
         nccl_reserve_timeout_s=config.nccl_reserve_timeout_s,
+    )
+    servicer = PolicyServicer(
+        engine=engine,
+        tokenizer=tokenizer,
+        limits=limits,
+        weights=weights,
+        model_name=model_dir,
+        max_concurrent_requests=config.max_concurrent_requests,
+        traffic=experience.traffic,
     )
 
     async def startup() -> None:

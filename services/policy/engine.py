@@ -73,7 +73,9 @@ class VllmEngine:
         """Builds the engine (blocking, tens of seconds: run it in an executor)."""
         if self.device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{self.config.cpu_kvcache_gib:g}")
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.config.cpu_threads_bind or f"0-{os.cpu_count() - 1}")
+            os.environ.setdefault(
+                "VLLM_CPU_OMP_THREADS_BIND", self.config.cpu_threads_bind or f"0-{os.cpu_count() - 1}"
+            )
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -97,7 +99,7 @@ class VllmEngine:
         self._engine = AsyncLLM.from_engine_args(args)
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], spec: SamplingSpec, sample_index: int
+        self, request_id: str, prompt_token_ids: list[int], spec: SamplingSpec, sample_index: int, prompt_index: int = 0
     ) -> AsyncIterator[SampleDelta]:
         """Streams one sample. Cancelling the iteration aborts the engine request."""
         from vllm import SamplingParams
@@ -110,7 +112,7 @@ class VllmEngine:
             temperature=spec.temperature,
             top_p=spec.top_p,
             top_k=spec.top_k if spec.top_k > 0 else 0,
-            seed=spec.sample_seed(sample_index),
+            seed=spec.sample_seed(sample_index, prompt_index),
             stop=list(spec.stop) or None,
             ignore_eos=spec.ignore_eos,
             logprobs=0,

@@ -18,7 +18,8 @@ TIME_TO_FIRST_TOKEN = Histogram(
 )
 _TOKEN_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10)
 INTER_TOKEN_LATENCY = Histogram(
-    "rlhf_policy_inter_token_latency_seconds", "Gap between successive token deliveries of a sample (server side).",
+    "rlhf_policy_inter_token_latency_seconds",
+    "Gap between successive token deliveries of a sample (server side).",
     buckets=_TOKEN_LATENCY,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(

@@ -10,17 +10,13 @@ refusal afterwards would leave the trainer's broadcast waiting for a receiver.
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rlhf.v1 import policy_pb2
 from services.common.errors import InvalidArgument, NotFound
-from services.common.weight_stream import TensorSpec, incomplete_units
-
-# Bytes per element of the dtypes a push may carry (the same three as PushWeights).
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+from services.common.weight_stream import DeclaredTensors, PushHeader, TensorSpec, dtype_named, parse_begin
 
 
 def check_init(request: policy_pb2.InitWeightTransferRequest, workers: int) -> dict:
@@ -50,76 +46,56 @@ def check_init(request: policy_pb2.InitWeightTransferRequest, workers: int) -> d
     return info
 
 
+@dataclass(frozen=True)
+class NcclDeclaration:
+    """A checked BeginNcclPush: its header and vLLM's NCCLWeightTransferUpdateInfo fields."""
+
+    header: PushHeader
+    update_info: dict  # names, dtype_names, shapes, in broadcast order
+    sha256: bytes  # the declared digest of the weights (not verifiable here; may be empty)
+
+
 def check_tensors(
     request: policy_pb2.BeginNcclPushRequest,
     manifest: Mapping[str, TensorSpec],
     max_push_bytes: int,
     fused_groups: tuple[tuple[str, ...], ...] | None,
-) -> dict:
-    """vLLM's NCCLWeightTransferUpdateInfo fields (names, dtype_names, shapes) for a valid list, or INVALID_ARGUMENT.
+) -> NcclDeclaration:
+    """The declaration of a valid tensor list, or INVALID_ARGUMENT.
 
-    The same rules as a streamed push: known names, the served shapes, float
-    dtypes, nothing twice, the declared count and bytes, and completeness
-    (every tensor, or whole fused units where partial pushes are accepted).
+    The same parser and validator as a streamed push (`parse_begin`,
+    `DeclaredTensors`): known names, the served shapes, pushable dtypes, nothing
+    twice, the declared count and bytes, and completeness (every tensor, or whole
+    fused units where partial pushes are accepted).
     """
-    begin = request.begin
-    if len(begin.note) > 256:
-        raise InvalidArgument(f"note has {len(begin.note)} characters; at most 256")
-    if not request.tensors:
-        raise InvalidArgument("push declares no tensors")
-    names, dtypes, shapes = [], [], []
-    total = 0
-    for index, tensor in enumerate(request.tensors):
-        name = tensor.name
-        spec = manifest.get(name)
-        if spec is None:
-            raise InvalidArgument(f"tensors[{index}]: unknown tensor {name!r}: not a parameter of the served model")
-        if name in names:
-            raise InvalidArgument(f"tensors[{index}]: tensor {name!r} declared twice")
-        if tensor.dtype not in DTYPE_BYTES:
-            raise InvalidArgument(f"{name}: dtype must be one of {sorted(DTYPE_BYTES)}, got {tensor.dtype!r}")
-        shape = [int(d) for d in tensor.shape]
-        if tuple(shape) != spec.shape:
-            raise InvalidArgument(f"{name}: shape {tuple(shape)} does not match the served model's {spec.shape}")
-        names.append(name)
-        dtypes.append(tensor.dtype)
-        shapes.append(shape)
-        total += math.prod(shape) * DTYPE_BYTES[tensor.dtype]
-    if begin.num_tensors != len(names):
-        raise InvalidArgument(f"begin declares {begin.num_tensors} tensors but the list has {len(names)}")
-    if begin.total_bytes != total:
-        raise InvalidArgument(f"begin declares {begin.total_bytes} bytes but the listed tensors hold {total}")
-    if total > max_push_bytes:
-        raise InvalidArgument(f"push holds {total} bytes; this server accepts at most {max_push_bytes}")
-    if fused_groups is not None:
-        missing = incomplete_units(names, manifest, fused_groups)
-        if missing:
-            raise InvalidArgument(
-                f"partial push misses {len(missing)} tensors of the layers it touches (first: {missing[0]}); "
-                "list every tensor of a touched module and all of its fused siblings"
-            )
-    else:
-        missing = sorted(set(manifest) - set(names))
-        if missing:
-            raise InvalidArgument(
-                f"push misses {len(missing)} of the model's tensors (first: {missing[0]}); "
-                "this server only applies complete pushes"
-            )
-    return {"names": names, "dtype_names": dtypes, "shapes": shapes}
+    header = parse_begin(request.begin, max_push_bytes)
+    if len(request.sha256) not in (0, 32):
+        raise InvalidArgument(f"sha256 has {len(request.sha256)} bytes; send 32 (a SHA-256) or none")
+    declared = DeclaredTensors(manifest, header, require_complete=True, fused_groups=fused_groups)
+    for tensor in request.tensors:
+        dtype = dtype_named(tensor.dtype)
+        declared.declare(tensor.name, dtype, tuple(int(d) for d in tensor.shape), tensor.dtype)
+    declared.finish()
+    info = {
+        "names": list(declared.names),
+        "dtype_names": [t.dtype for t in request.tensors],
+        "shapes": [[int(d) for d in t.shape] for t in request.tensors],
+    }
+    return NcclDeclaration(header, info, bytes(request.sha256))
 
 
 @dataclass
 class Reservation:
     """A checked NCCL push holding the server's push slot until it commits or expires."""
 
-    update_info: dict
-    note: str
-    expected_version: int | None
-    requested_version: int | None
-    total_bytes: int
+    declaration: NcclDeclaration
     push_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     claimed: bool = False
     _timer: asyncio.TimerHandle | None = None
+
+    @property
+    def header(self) -> PushHeader:
+        return self.declaration.header
 
 
 class ReservationSlot:
@@ -145,7 +121,9 @@ class ReservationSlot:
         """Claims the reservation for its commit (stops the expiry); the caller must `release` it afterwards."""
         reservation = self.current
         if reservation is None or reservation.push_id != push_id or reservation.claimed:
-            raise NotFound(f"no reserved NCCL push {push_id!r} (unknown, already committed, or expired after {self.timeout_s:g} s)")
+            raise NotFound(
+                f"no reserved NCCL push {push_id!r} (unknown, already committed, or expired after {self.timeout_s:g} s)"
+            )
         reservation.claimed = True
         if reservation._timer is not None:
             reservation._timer.cancel()

@@ -36,9 +36,9 @@ class SamplingSpec:
     stop: tuple[str, ...]
     ignore_eos: bool = False
 
-    def sample_seed(self, index: int) -> int | None:
-        """Distinct, reproducible seed per sample when the request gave one."""
-        return None if self.seed is None else (self.seed + index) % (2**63)
+    def sample_seed(self, index: int, prompt_index: int = 0) -> int | None:
+        """Distinct, reproducible seed per sample of a request (prompts included) when the request gave one."""
+        return None if self.seed is None else (self.seed + prompt_index * self.n + index) % (2**63)
 
 
 def parse_sampling(params: policy_pb2.SamplingParams, limits: Limits) -> SamplingSpec:

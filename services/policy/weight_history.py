@@ -14,14 +14,23 @@ drop out of the restorable set).
 
 from __future__ import annotations
 
+import enum
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+
+class Origin(enum.IntEnum):
+    """How a version came to serve most recently (the values of rlhf.v1.VersionOrigin)."""
+
+    CHECKPOINT = 1
+    PUSH = 2
+    ROLLBACK = 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class RetainedVersion:
     note: str
     applied_at: float
     sources: dict[str, Path]  # tensor name -> file holding its value in this version
+    push_id: str = ""  # PushBegin.push_id of the push that made it
+    sha256: bytes = b""  # digest of the pushed weights
+    origin: Origin = Origin.CHECKPOINT
 
 
 class UnknownVersion(LookupError):
@@ -83,18 +95,20 @@ class WeightHistory:
             return dict(target.sources)
         return {name: path for name, path in target.sources.items() if self.current.sources.get(name) != path}
 
-    def record_push(self, version: int, note: str, path: Path, names: list[str]) -> list[Path]:
+    def record_push(
+        self, version: int, note: str, path: Path, names: list[str], push_id: str = "", sha256: bytes = b""
+    ) -> list[Path]:
         """The pushed file now serves as `version`; returns files no retained version reads any more."""
         sources = {**self.current.sources, **dict.fromkeys(names, path)}
         self._retire_current()
-        self.current = RetainedVersion(version, note, time.time(), sources)
+        self.current = RetainedVersion(version, note, time.time(), sources, push_id, sha256, Origin.PUSH)
         return self._trim()
 
-    def record_unretained(self, version: int, note: str) -> list[Path]:
+    def record_unretained(self, version: int, note: str, push_id: str = "", sha256: bytes = b"") -> list[Path]:
         """`version` serves from tensors this server never held (an NCCL push): it cannot be restored later,
         and restoring an earlier version reloads all of that version's tensors. Returns files no longer needed."""
         self._retire_current()
-        self.current = RetainedVersion(version, note, time.time(), {})
+        self.current = RetainedVersion(version, note, time.time(), {}, push_id, sha256, Origin.PUSH)
         return self._trim()
 
     def record_restore(self, version: int) -> list[Path]:
@@ -103,7 +117,7 @@ class WeightHistory:
             return []
         target = self._retained.pop(version)
         self._retire_current()
-        self.current = target
+        self.current = replace(target, origin=Origin.ROLLBACK)
         return self._trim()
 
     def _retire_current(self) -> None:

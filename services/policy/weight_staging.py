@@ -10,15 +10,14 @@ import uuid
 from pathlib import Path
 
 import torch
-
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from services.common.weight_stream import StagedPush, TensorSpec
+from services.common.weight_stream import StagedPush, TensorSpec, push_dtype
 
 
 def read_manifest(model_dir: str) -> dict[str, TensorSpec]:
-    """Names and shapes of every tensor in the checkpoint the server started from."""
+    """Names, shapes and dtypes of every tensor in the checkpoint the server started from."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
@@ -26,7 +25,8 @@ def read_manifest(model_dir: str) -> dict[str, TensorSpec]:
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
             for name in handle.keys():
-                manifest[name] = TensorSpec(tuple(handle.get_slice(name).get_shape()))
+                tensor = handle.get_slice(name)
+                manifest[name] = TensorSpec(tuple(tensor.get_shape()), tensor.get_dtype())
     return manifest
 
 
@@ -50,7 +50,6 @@ def write_staged(push: StagedPush, directory: Path) -> Path:
     return path
 
 
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 _ALIGN = 64
 
 
@@ -74,7 +73,11 @@ class SafetensorsFileSink:
         self._current: str | None = None
 
     def open_tensor(self, name: str, dtype: torch.dtype, shape: tuple[int, ...], nbytes: int) -> None:
-        self._entries[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [self._offset, self._offset + nbytes]}
+        self._entries[name] = {
+            "dtype": push_dtype(dtype).safetensors,
+            "shape": list(shape),
+            "data_offsets": [self._offset, self._offset + nbytes],
+        }
         self._current = name
 
     def write(self, data: bytes) -> None:
@@ -100,6 +103,9 @@ class SafetensorsFileSink:
 
 def _header_room(manifest: dict[str, TensorSpec]) -> int:
     """Bytes enough for the header of any push of manifest tensors, so that the data starts aligned."""
-    entries = {name: {"dtype": "BF16", "shape": list(spec.shape), "data_offsets": [2**63, 2**63]} for name, spec in manifest.items()}
+    entries = {
+        name: {"dtype": "BF16", "shape": list(spec.shape), "data_offsets": [2**63, 2**63]}
+        for name, spec in manifest.items()
+    }
     size = len(json.dumps(entries, separators=(",", ":")).encode()) + 64
     return size + (-(8 + size)) % _ALIGN

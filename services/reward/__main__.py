@@ -1,4 +1,8 @@
-"""`python -m services.reward`: serve the reward models declared by --models-file.
+"""`rlhf-reward [serve] [flags]`: serve the reward models declared by --models-file (also `python -m services.reward`).
+
+`rlhf-reward train` trains a reward model on preference data and writes a servable checkpoint;
+`rlhf-reward simulate-preferences` writes preference data judged by the simulated labeler
+(both in services/reward/training/).
 
 Registers RewardService (scoring) and, unless --no-admin, RewardAdminService (load,
 publish, unload at runtime) as separate services, so auth can grant them separately.
@@ -25,8 +29,35 @@ from services.reward.server import RewardAdminServicer, RewardServicer
 log = logging.getLogger("services.reward")
 
 
+COMMANDS = {
+    "serve": "serve the declared reward models over gRPC (the default when no command is given)",
+    "train": "train a reward model on preference data, write a servable checkpoint",
+    "simulate-preferences": "write preference data judged by the simulated labeler",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    config = load_config(RewardConfig, argv, "RLHF_REWARD_", prog="rlhf-reward")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        lines = "\n".join(f"  {name:<21} {text}" for name, text in COMMANDS.items())
+        print(f"usage: rlhf-reward [COMMAND] [flags]\n\ncommands:\n{lines}\n", file=sys.stderr)
+    command = argv[0] if argv and argv[0] in COMMANDS else "serve"
+    rest = argv[1:] if argv and argv[0] in COMMANDS else argv
+    if command == "train":
+        from services.reward.training.trainer import main as train  # torch training stack: only for this command
+
+        train(rest)
+        return 0
+    if command == "simulate-preferences":
+        from services.reward.training.preferences import main as simulate
+
+        simulate(rest)
+        return 0
+    return serve(rest)
+
+
+def serve(argv: list[str]) -> int:
+    config = load_config(RewardConfig, argv, "RLHF_REWARD_", prog="rlhf-reward serve")
     setup_logging(config.log_level)
     log.info("reward service config:\n%s", describe(config))
     tenant_defaults = TenantLimits(

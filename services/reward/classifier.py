@@ -1,7 +1,7 @@
 """Classifier reward: a Hugging Face sequence-classification checkpoint with one scalar head.
 
 The usual shape of a trained reward model (e.g. an RM head on a BERT or Llama trunk,
-such as `python -m services.trainer train-rm` writes). The prompt and completion go in
+such as `rlhf-reward train` writes). The prompt and completion go in
 as a text pair (`encode_pairs`, which training uses too), the score is the raw logit.
 A `reward_model.json` written by train-rm supplies the default description. Checkpoints
 with more than one label, or whose score head is missing from the weights (which

@@ -117,8 +117,13 @@ class RewardConfig(ServingConfig):
         for name in ("max_batch_size", "max_queue_items", "max_items_per_request", "max_text_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("torch_threads", "max_batch_tokens", "keep_previous_versions", "tenant_burst_items",
-                     "tenant_max_concurrent_requests"):
+        for name in (
+            "torch_threads",
+            "max_batch_tokens",
+            "keep_previous_versions",
+            "tenant_burst_items",
+            "tenant_max_concurrent_requests",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tenant_items_per_s < 0:

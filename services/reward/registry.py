@@ -8,12 +8,11 @@ The admin RPCs declare models with the same keys, so they go through the same ch
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from services.reward.backend import KINDS, RewardBackend, check_device
 from services.reward.ensemble import AGGREGATIONS, EnsembleSpec, MemberRef

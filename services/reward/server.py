@@ -226,4 +226,3 @@ class RewardAdminServicer(reward_pb2_grpc.RewardAdminServiceServicer):
     def _spec(self, declaration: reward_pb2.ModelDeclaration) -> ModelSpec:
         self.host.require_ready()
         return model_spec(declaration, self.config.model_root)
-

@@ -113,6 +113,7 @@ class SimilarityReward:
         b = embeddings[[position[t] for t in references]]
         return (a * b).sum(dim=-1).tolist()
 
+
 def _anchor(item: RewardItem) -> str:
     """What the completion is compared with: the reference, or the prompt when there is none."""
     return item.prompt if item.reference is None else item.reference

@@ -32,8 +32,7 @@ class TokenCounter:
             self._tokenizer.no_padding()
         else:
             log.warning(
-                "tokenizer %s is not a fast tokenizer: batch token budgets use an estimate of "
-                "%d characters per token",
+                "tokenizer %s is not a fast tokenizer: batch token budgets use an estimate of %d characters per token",
                 type(tokenizer).__name__,
                 _CHARS_PER_TOKEN,
             )

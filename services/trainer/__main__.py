@@ -16,14 +16,17 @@ from services.common.server import setup_logging
 log = logging.getLogger("services.trainer")
 
 COMMANDS = {
-    "train": "RL training (grpo, rloo, reinforce_pp, ppo) against running policy and reward services",
+    "train": "RL training (grpo, rloo, reinforce_pp, ppo, ppg) against running policy and reward services",
     "evaluate": "held-out reward per model, KL, length and BLEU of the served policy, as JSON",
     "plot": "training curves of a run (reward, KL, entropy, time split) as a PNG",
     "demo": "start both services, train a few steps, stop them (what `make demo` runs)",
     "prepare-models": "convert the packaged models once (no downloads)",
-    "train-rm": "train a reward model on preference data, write a servable checkpoint",
-    "simulate-preferences": "write preference data judged by the simulated labeler",
-    "online": "the continuous online loop: live feedback -> reward model -> RL -> canary -> promote/rollback",
+}
+# Commands that now belong to another program: the trainer does not import it, it says where they went.
+MOVED = {
+    "train-rm": "rlhf-reward train",
+    "simulate-preferences": "rlhf-reward simulate-preferences",
+    "online": "rlhf-online run",
 }
 
 
@@ -34,16 +37,12 @@ def _train(argv: list[str]) -> None:
     from services.trainer.sharded import follow
 
     config = load_config(TrainerConfig, _resume_flag(argv), env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise SystemExit(f"rlhf-trainer train: error: {exc}") from None
-    setup_logging(config.log_level)
+    setup_logging(config.run.log_level)
     if world_from_env().rank > 0:  # torchrun: ranks other than 0 only serve rank 0's learner calls
         follow(config)
         return
     log.info("trainer config:\n%s", describe(config))
-    serve_metrics("0.0.0.0", config.metrics_port)
+    serve_metrics("0.0.0.0", config.run.metrics_port)
     trainer = Trainer(config)
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, write the summary, exit 0
         signal.signal(sig, lambda *_: trainer.request_stop())
@@ -51,7 +50,11 @@ def _train(argv: list[str]) -> None:
         summary = trainer.run()
     finally:
         trainer.close()
-    log.info("done: final weight version %d, summary in %s", summary["final_weight_version"], Path(config.output_dir) / "summary.json")
+    log.info(
+        "done: final weight version %d, summary in %s",
+        summary["final_weight_version"],
+        Path(config.run.output_dir) / "summary.json",
+    )
 
 
 def _resume_flag(argv: list[str]) -> list[str]:
@@ -88,7 +91,7 @@ def _demo(argv: list[str]) -> None:
     from services.trainer.demo import DemoConfig, run_demo
 
     config = load_config(DemoConfig, argv, env_prefix="RLHF_DEMO_", prog="rlhf-trainer demo")
-    setup_logging(config.log_level)
+    setup_logging(config.run.log_level)
     run_demo(config)
 
 
@@ -105,34 +108,18 @@ def _prepare(argv: list[str]) -> None:
     print(json.dumps({"policy": str(prepare_smollm2(args.cache_dir, args.force)), "similarity": str(minilm_dir())}))
 
 
-def _train_rm(argv: list[str]) -> None:
-    from services.trainer.reward_training import main as train_rm
-
-    train_rm(argv)
-
-
-def _simulate_preferences(argv: list[str]) -> None:
-    from services.trainer.preferences import main as simulate
-
-    simulate(argv)
-
-
-def _online(argv: list[str]) -> None:
-    from services.trainer.online import main as online
-
-    online(argv)
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MOVED:
+        print(f"rlhf-trainer {argv[0]} moved: run `{MOVED[argv[0]]}` with the same flags", file=sys.stderr)
+        sys.exit(2)
     if not argv or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:<15} {text}" for name, text in COMMANDS.items())
         print(f"usage: rlhf-trainer COMMAND [flags]\n\ncommands:\n{lines}", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command, rest = argv[0], argv[1:]
-    {"train": _train, "evaluate": _evaluate, "plot": _plot, "demo": _demo, "prepare-models": _prepare, "train-rm": _train_rm,
-     "simulate-preferences": _simulate_preferences, "online": _online}[command](rest)
+    {"train": _train, "evaluate": _evaluate, "plot": _plot, "demo": _demo, "prepare-models": _prepare}[command](rest)
 
 
 if __name__ == "__main__":

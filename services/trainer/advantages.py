@@ -10,6 +10,8 @@ the reward. They differ in the baseline:
   whole batch instead of per group.
 - ppo: GAE (Schulman et al. 2016) on a learned critic's values, whitened over
   the batch; the returns are the critic's regression targets.
+- ppg: ppo's advantages and returns in its policy phases (the auxiliary phase is
+  services/trainer/ppg.py).
 
 Columns follow `Rollout`: column j scores token j+1, and `mask` marks the
 completion's columns (contiguous per row).
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "ppo")
+ALGORITHMS = ("grpo", "rloo", "reinforce_pp", "ppo", "ppg")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,18 +116,20 @@ def compute_advantages(
     gamma: float = 1.0,
     lam: float = 0.95,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Token-level advantages for `algorithm`, and the critic's returns (ppo only, else None)."""
+    """Token-level advantages for `algorithm`, and the critic's returns (ppo and ppg, else None)."""
     mask = mask.float()
     rewards = token_rewards(scores, mask, kl_penalty)
     if algorithm in ("grpo", "rloo"):
         sequence = rewards.sum(dim=1)
-        per_sample = group_advantages(sequence, group_size) if algorithm == "grpo" else rloo_advantages(sequence, group_size)
+        per_sample = (
+            group_advantages(sequence, group_size) if algorithm == "grpo" else rloo_advantages(sequence, group_size)
+        )
         return per_sample.unsqueeze(1) * mask, None
     if algorithm == "reinforce_pp":
         return whiten(returns_to_go(rewards, mask, gamma), mask), None
-    if algorithm == "ppo":
+    if algorithm in ("ppo", "ppg"):
         if values is None:
-            raise ValueError("ppo needs the critic's values")
+            raise ValueError(f"{algorithm} needs the critic's values")
         advantages, returns = gae(rewards, values.float() * mask, mask, gamma, lam)
         return whiten(advantages, mask), returns
     raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")

@@ -95,5 +95,10 @@ def take_fresh(batches: SyncBatches | AsyncBatches, version: int, max_staleness:
         if max(staleness) <= max_staleness:
             return FreshBatch(batch, staleness, dropped, waited)
         dropped += 1
-        log.warning("dropping batch %d: sampled with versions %s, trainer at %d (max staleness %d)",
-                    batch.index, sorted(set(batch.versions)), version, max_staleness)
+        log.warning(
+            "dropping batch %d: sampled with versions %s, trainer at %d (max staleness %d)",
+            batch.index,
+            sorted(set(batch.versions)),
+            version,
+            max_staleness,
+        )

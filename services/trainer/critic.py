@@ -25,7 +25,7 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, dtype: torch.dtype = torch.float32) -> "ValueModel":
+    def from_pretrained(cls, model_dir: str, dtype: torch.dtype = torch.float32) -> ValueModel:
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.from_pretrained(model_dir)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.v1 import policy_pb2
-from services.common.config import option
+from services.common.config import option, section
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
 from services.common.process import ServerProcess, free_port
-from services.trainer.config import TrainerConfig
-from services.trainer.data import load_prompts
+from services.common.prompts import load_prompts
+from services.common.sections import Endpoints, Optimizer, Run, Sampling
+from services.trainer.config import Rewards, TrainerConfig
 from services.trainer.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -29,19 +30,23 @@ log = logging.getLogger(__name__)
 class DemoConfig:
     """Run the policy and reward services and a short training run against them."""
 
-    output_dir: str = option("runs/demo", "Where logs, metrics, checkpoints and summary.json go.")
     steps: int = option(4, "Training steps.")
-    prompts_per_step: int = option(4, "Prompts per step.")
-    samples_per_prompt: int = option(4, "Samples per prompt (GRPO group size).")
-    max_tokens: int = option(48, "Tokens per sample.")
-    learning_rate: float = option(2e-5, "AdamW learning rate.")
-    reward_model: str = option("similarity", "Reward model used for training.")
     prompts_file: str = option("data/book_reviews.jsonl", "Training prompts.")
-    heldout_file: str = option("data/book_reviews_heldout.jsonl", "Prompt for the before/after sample is the first line.")
+    heldout_file: str = option(
+        "data/book_reviews_heldout.jsonl", "Prompt for the before/after sample is the first line."
+    )
     model_cache: str = option(str(DEFAULT_CACHE), "Where the packaged policy is converted to on first use.")
     start_timeout_s: float = option(600.0, "How long the services may take to report SERVING.")
-    seed: int = option(0, "Seed.")
-    log_level: str = option("INFO", "Python logging level.")
+    sampling: Sampling = section(Sampling(), "What each training step generates.")
+    rewards: Rewards = section(Rewards(), "The reward model used for training.")
+    optimizer: Optimizer = section(Optimizer(learning_rate=2e-5), "The policy's optimizer.")
+    run: Run = section(
+        Run(output_dir="runs/demo"), "Seed, device, where logs, metrics, checkpoints and summary.json go."
+    )
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.start_timeout_s <= 0:
+            raise ValueError("steps must be >= 1 and start_timeout_s > 0")
 
 
 def _sample(trainer: Trainer, prompt: str, max_tokens: int) -> dict:
@@ -56,7 +61,7 @@ def _sample(trainer: Trainer, prompt: str, max_tokens: int) -> dict:
 
 
 def run_demo(config: DemoConfig) -> dict:
-    out = Path(config.output_dir)
+    out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.jsonl", "summary.json"):
         (out / stale).unlink(missing_ok=True)
@@ -74,7 +79,10 @@ def run_demo(config: DemoConfig) -> dict:
     )
     started = time.time()
     try:
-        print(f"[demo] starting policy service on {policy_address} (vLLM engine, ~30-60 s; log: {policy.log_path})", flush=True)
+        print(
+            f"[demo] starting policy service on {policy_address} (vLLM engine, ~30-60 s; log: {policy.log_path})",
+            flush=True,
+        )
         policy.launch()
         print(f"[demo] starting reward service on {reward_address} (log: {reward.log_path})", flush=True)
         reward.launch()
@@ -83,32 +91,29 @@ def run_demo(config: DemoConfig) -> dict:
         print(f"[demo] both services SERVING after {time.time() - started:.0f} s", flush=True)
 
         trainer_config = TrainerConfig(
-            policy_address=policy_address,
-            reward_address=reward_address,
-            reward_model=config.reward_model,
             model=str(model_dir),
             prompts_file=config.prompts_file,
-            output_dir=str(out),
             steps=config.steps,
-            prompts_per_step=config.prompts_per_step,
-            samples_per_prompt=config.samples_per_prompt,
-            max_tokens=config.max_tokens,
-            learning_rate=config.learning_rate,
-            seed=config.seed,
-            log_level=config.log_level,
+            sampling=config.sampling,
+            rewards=config.rewards,
+            optimizer=config.optimizer,
+            endpoints=Endpoints(policy=policy_address, reward=reward_address),
+            run=config.run,
         )
         trainer = Trainer(trainer_config)
         probe = load_prompts(config.heldout_file)[0].prompt
-        before = _sample(trainer, probe, config.max_tokens)
+        before = _sample(trainer, probe, config.sampling.max_tokens)
         print(f"[demo] before (version {before['weight_version']}): {before['text']!r}", flush=True)
         summary = trainer.run()
-        after = _sample(trainer, probe, config.max_tokens)
+        after = _sample(trainer, probe, config.sampling.max_tokens)
         print(f"[demo] after  (version {after['weight_version']}): {after['text']!r}", flush=True)
         trainer.close()
     finally:
         codes = {"policy": policy.stop(), "reward": reward.stop()}
         print(f"[demo] services stopped (exit codes {codes})", flush=True)
-    summary.update(sample_before=before, sample_after=after, service_exit_codes=codes, demo_wall_s=round(time.time() - started, 1))
+    summary.update(
+        sample_before=before, sample_after=after, service_exit_codes=codes, demo_wall_s=round(time.time() - started, 1)
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n step  version  reward_mean  reward_std        kl    seconds(gen/score/train/push)")
     for r in summary["steps"]:

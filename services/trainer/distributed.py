@@ -23,7 +23,16 @@ BACKENDS = ("auto", "gloo", "nccl")
 FOLLOWER_WAIT = timedelta(hours=1)
 
 # dtypes a broadcast may carry, by wire code (index)
-_DTYPES = (torch.float32, torch.int64, torch.float16, torch.bfloat16, torch.int32, torch.bool, torch.uint8, torch.float64)
+_DTYPES = (
+    torch.float32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int32,
+    torch.bool,
+    torch.uint8,
+    torch.float64,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,9 @@ class World:
 
 def world_from_env() -> World:
     """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
-    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
+    return World(
+        int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -67,18 +78,26 @@ def setup(backend: str, device: str) -> tuple[World, torch.device]:
         local = torch.device(device)
     if world.is_distributed and not dist.is_initialized():
         # the other ranks wait in a broadcast while rank 0 generates and scores a batch
-        dist.init_process_group(resolve_backend(backend, device), rank=world.rank, world_size=world.size, timeout=FOLLOWER_WAIT)
+        dist.init_process_group(
+            resolve_backend(backend, device), rank=world.rank, world_size=world.size, timeout=FOLLOWER_WAIT
+        )
     return world, local
 
 
 def check_supported(lora_rank: int, algorithm: str, resume: str, batch_size: int, world_size: int) -> None:
     """Raises ValueError for combinations the sharded learner does not implement (rather than train wrongly)."""
     if lora_rank > 0:
-        raise ValueError("lora_rank > 0 is not supported under torchrun (FSDP): LoRA fits one device, run it single-process")
-    if algorithm == "ppo":
-        raise ValueError("algorithm=ppo is not supported under torchrun (FSDP): the critic is not sharded; use grpo, rloo or reinforce_pp")
+        raise ValueError(
+            "lora_rank > 0 is not supported under torchrun (FSDP): LoRA fits one device, run it single-process"
+        )
+    if algorithm in ("ppo", "ppg"):
+        raise ValueError(
+            f"algorithm={algorithm} is not supported under torchrun (FSDP): the critic is not sharded; use grpo, rloo or reinforce_pp"
+        )
     if resume:
-        raise ValueError("resume is not supported under torchrun (FSDP) yet: checkpoints of sharded runs hold full weights only")
+        raise ValueError(
+            "resume is not supported under torchrun (FSDP) yet: checkpoints of sharded runs hold full weights only"
+        )
     if batch_size % world_size:
         raise ValueError(
             f"prompts_per_step * samples_per_prompt ({batch_size}) must be divisible by the number of processes ({world_size}): "
@@ -119,7 +138,9 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def full_tensors(model: torch.nn.Module, world: World, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+def full_tensors(
+    model: torch.nn.Module, world: World, dtype: torch.dtype | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full CPU tensor) per parameter, gathered one at a time; only rank 0 yields.
 
     Every rank must drive the generator to the end (each gather is a collective);
@@ -148,7 +169,11 @@ def broadcast_tensors(tensors: list[torch.Tensor] | None, world: World, device: 
     else:
         length = torch.zeros(1, dtype=torch.int64, device=device)
     dist.broadcast(length, src=0)
-    meta = torch.tensor(header, dtype=torch.int64, device=device) if world.is_main else torch.zeros(int(length), dtype=torch.int64, device=device)
+    meta = (
+        torch.tensor(header, dtype=torch.int64, device=device)
+        if world.is_main
+        else torch.zeros(int(length), dtype=torch.int64, device=device)
+    )
     dist.broadcast(meta, src=0)
     values, position = meta.tolist(), 1
     out = []
@@ -156,7 +181,9 @@ def broadcast_tensors(tensors: list[torch.Tensor] | None, world: World, device: 
         dtype, ndim = _DTYPES[values[position]], values[position + 1]
         shape = values[position + 2 : position + 2 + ndim]
         position += 2 + ndim
-        buffer = tensors[index].to(device).contiguous() if world.is_main else torch.empty(shape, dtype=dtype, device=device)
+        buffer = (
+            tensors[index].to(device).contiguous() if world.is_main else torch.empty(shape, dtype=dtype, device=device)
+        )
         dist.broadcast(buffer, src=0)
         out.append(buffer.cpu())
     return out

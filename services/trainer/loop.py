@@ -22,49 +22,48 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rlhf.v1 import policy_pb2
+from services.clients.policy import PolicyClient
+from services.clients.reward import RewardClient
 from services.common.model_store import prepare_smollm2
-from services.common.weight_stream import fused_groups_for, incomplete_units
+from services.common.weight_stream import fused_groups_for, incomplete_units, torch_dtype
 from services.trainer import checkpoint, lora, metrics
-from services.trainer.advantages import compute_advantages, masked_mean
+from services.trainer.advantages import masked_mean
 from services.trainer.async_rollout import AsyncBatches, SyncBatches, take_fresh
-from services.trainer.clients import PolicyClient, RewardClient
 from services.trainer.config import TrainerConfig
-from services.trainer.data import PromptSampler, load_prompts
-from services.trainer.kl_control import KLController
-from services.trainer.sharded import build_learner
-from services.trainer.losses import kl_estimate
-from services.trainer.rewards import RewardProcessor
+from services.trainer.exploration import TemperatureSchedule, exploration_record
+from services.trainer.ppg import STAT_KEYS as PPG_STAT_KEYS
 from services.trainer.rollout import BatchSource, Rollout, SamplingSettings
+from services.trainer.sharded import build_learner
+from services.trainer.tasks import RunData, task_record
+from services.trainer.update import PolicyUpdate
 
 log = logging.getLogger(__name__)
-
-PUSH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Trainer:
     def __init__(self, config: TrainerConfig) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        config.validate()
-        if config.push_dtype not in PUSH_DTYPES:
-            raise ValueError(f"push_dtype must be one of {sorted(PUSH_DTYPES)}")
         self.config = config
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
-        self.device = torch.device(config.device)
+        random.seed(config.run.seed)
+        torch.manual_seed(config.run.seed)
+        self.device = torch.device(config.run.device)
         self.model_dir = config.model or str(prepare_smollm2(Path(config.model_cache)))
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.learner = build_learner(config, self.model_dir, self.device)  # FSDP-sharded under torchrun
-        self.kl = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        self.rewards = RewardProcessor(config.reward_names, config.reward_combine, config.reward_uncertainty_k, config.reward_normalize, config.reward_clip)
-        self.sampler = PromptSampler(load_prompts(config.prompts_file), config.seed)
-        self.policy_client = PolicyClient(config.policy_address, config.rpc_timeout_s, config.rpc_retries, config.replica_wait_s)
-        self.reward_client = RewardClient(config.reward_address, config.rpc_timeout_s, config.rpc_retries, config.replica_wait_s)
-        self.reward_client.models = config.reward_names
+        self.update = PolicyUpdate(config, self.learner)  # the step after sampling, shared with the online loop
+        self.data = RunData.from_config(config)  # prompts, templates, tasks (multi-task: per-task rewards)
+        self.update.rewards = self.data.rewards(config) or self.update.rewards
+        self.kl, self.rewards = self.update.kl, self.update.rewards
+        self.sampler = self.data.sampler
+        calls = (config.endpoints.rpc_timeout_s, config.endpoints.rpc_retries, config.endpoints.replica_wait_s)
+        self.policy_client = PolicyClient(config.endpoints.policy, *calls)
+        self.reward_client = RewardClient(config.endpoints.reward, *calls)
+        self.reward_client.models = self.data.reward_models(config)
         # a replica that missed pushes is caught up with every tensor of the current weights
-        self.policy_client.full_weights = lambda: self.learner.push_tensors(None, PUSH_DTYPES[config.push_dtype])
-        self.output_dir = Path(config.output_dir)
+        self.policy_client.full_weights = lambda: self.learner.push_tensors(None, torch_dtype(config.push.dtype))
+        self.output_dir = Path(config.run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.step_number = 0
         self.data_position = 0
@@ -73,7 +72,7 @@ class Trainer:
         self.version = status.weight_version
         self.served_model = status.model
         self.nccl = None  # set: pushes move over NCCL (services/trainer/nccl_push.py); None: the gRPC stream
-        if config.weight_transfer == "nccl":
+        if config.push.weight_transfer == "nccl":
             from services.trainer.nccl_push import open_pusher
 
             self.nccl = open_pusher(config, self.policy_client.replicas, status)
@@ -86,11 +85,13 @@ class Trainer:
 
     def _push_names(self, model_type: str) -> set[str] | None:
         """None: push every tensor. Otherwise the changed tensors plus the rest of their fused units."""
-        if self.config.push_scope == "full":
+        if self.config.push.scope == "full":
             return None
         groups = fused_groups_for(model_type)
         if groups is None:
-            raise ValueError(f"push_scope=changed: no fused-group table for model type {model_type!r}; use push_scope=full")
+            raise ValueError(
+                f"push_scope=changed: no fused-group table for model type {model_type!r}; use push_scope=full"
+            )
         changed = lora.changed_names(self.learner.policy)
         every = [name for name, _ in lora.merged_tensors(self.learner.policy)]
         return changed | set(incomplete_units(changed, every, groups))
@@ -110,19 +111,11 @@ class Trainer:
         times = {**({"wait": fresh.wait_s} if c.async_rollouts else {}), **batch.seconds}
 
         mark = time.perf_counter()
-        rollout = Rollout.from_response(batch.response, self.pad_id)
-        rewards = self.rewards(batch.scores)
-        prepared = self.learner.prepare(rollout)
-        penalty = None
-        if c.kl_placement == "reward":  # judged on the sampled tokens, under the policy that sampled them
-            penalty = self.kl.value * kl_estimate(rollout.behaviour_logp, prepared.ref_logp, c.kl_estimator) * rollout.mask
-        advantages, returns = compute_advantages(
-            c.algorithm, rewards, rollout.mask, c.samples_per_prompt, penalty, prepared.values, c.gamma, c.gae_lambda
-        )
-        kl_coef = self.kl.value
+        rollout = Rollout.from_response(batch.response, self.pad_id, batch.temperature)
+        plan = self.update.plan(rollout, batch.scores)
+        rewards, advantages, kl_coef = plan.rewards, plan.advantages, plan.kl_coef
         with self.policy_client.exclusive:  # no catch-up push reads the weights mid-update
-            stats = self.learner.update(rollout, prepared, advantages, returns, kl_coef)
-            self.kl.update(stats["kl"], len(rollout))
+            stats = self.update.apply(plan)
             times["train"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
@@ -135,7 +128,7 @@ class Trainer:
         self.data_position = batch.data_position
         record = {
             "step": self.step_number,
-            "algorithm": c.algorithm,
+            "algorithm": c.objective.algorithm,
             "weight_version": reply.weight_version,
             "sampled_with_versions": sampled_versions,
             "staleness": {str(k): v for k, v in sorted(Counter(staleness).items())},
@@ -144,7 +137,7 @@ class Trainer:
             "aborted_samples": batch.aborted,
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
-            "reward_models": {name: round(float(s.mean()), 6) for name, s in batch.scores.items()},
+            "reward_models": {name: round(float(s.nanmean()), 6) for name, s in batch.scores.items()},
             "reward_model": ",".join(batch.reward_versions.values()),
             "kl": stats["kl"],
             "kl_k1": stats["kl_k1"],
@@ -165,14 +158,23 @@ class Trainer:
             "completion_tokens": int(rollout.mask.sum()),
             "response_length": float(rollout.mask.sum(dim=1).float().mean()),
             "push_bytes": reply.total_bytes,
-            "replicas_out_of_rotation": self.policy_client.lagging() + [r.name for r in self.reward_client.replicas if not r.in_rotation],
+            "replicas_out_of_rotation": self.policy_client.lagging()
+            + [r.name for r in self.reward_client.replicas if not r.in_rotation],
             "push_tensors": reply.num_tensors,
             "data_position": self.data_position,
             "seconds": {k: round(v, 3) for k, v in times.items()},
         }
+        if self.learner.ppg is not None:
+            record |= {key: stats[key] for key in PPG_STAT_KEYS}
+        record |= exploration_record(
+            batch.response, rewards, c.exploration.distinct_n, batch.temperature or c.sampling.temperature
+        )
+        if self.data.tasks:
+            record["tasks"] = task_record(
+                batch.rows, batch.response, rewards, self.rewards.last_raw, c.exploration.distinct_n
+            )
         metrics.observe_step(record, staleness)
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        checkpoint.append_metrics(self.output_dir / "metrics.jsonl", record)
         self.records.append(record)
         return record
 
@@ -184,12 +186,12 @@ class Trainer:
             self.reward_client.recover()
 
     def push_weights(self, note: str, full: bool = False) -> policy_pb2.PushWeightsResponse:
-        tensors = self.learner.push_tensors(None if full else self.push_names, PUSH_DTYPES[self.config.push_dtype])
+        tensors = self.learner.push_tensors(None if full else self.push_names, torch_dtype(self.config.push.dtype))
         if self.nccl is not None:
             reply = self.nccl.push(tensors, self.version, note)
             self.policy_client.status()  # the client's view of the served version follows the NCCL push
         else:
-            reply = self.policy_client.push(tensors, int(self.config.push_chunk_mb * 1024 * 1024), self.version, note)
+            reply = self.policy_client.push(tensors, int(self.config.push.chunk_mb * 1024 * 1024), self.version, note)
         self.version = reply.weight_version
         return reply
 
@@ -202,8 +204,8 @@ class Trainer:
             "data_position": self.data_position,
             "kl_controller": self.kl.state_dict(),
             "reward_normalizer": self.rewards.state_dict(),
-            "algorithm": self.config.algorithm,
-            "lora_rank": self.config.lora_rank,
+            "algorithm": self.config.objective.algorithm,
+            "lora_rank": self.config.lora.rank,
             "base_model": self.model_dir,
         }
 
@@ -215,9 +217,12 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         state = checkpoint.read_state(path)
-        for key in ("algorithm", "lora_rank"):
-            if state[key] != getattr(self.config, key):
-                raise ValueError(f"checkpoint {path} was written with {key}={state[key]!r}, this run has {getattr(self.config, key)!r}")
+        written = {"algorithm": self.config.objective.algorithm, "lora_rank": self.config.lora.rank}
+        for key in written:
+            if state[key] != written[key]:
+                raise ValueError(
+                    f"checkpoint {path} was written with {key}={state[key]!r}, this run has {written[key]!r}"
+                )
         self.learner.load(path)
         self.step_number = int(state["step"])
         self.data_position = self.sampler.position = int(state["data_position"])
@@ -225,12 +230,15 @@ class Trainer:
         self.rewards.load_state_dict(state["reward_normalizer"])
         checkpoint.load_rng(path)
         self.resumed_from = path
-        metrics_file = self.output_dir / "metrics.jsonl"
-        if metrics_file.is_file():  # steps after the checkpoint are redone
-            kept = [line for line in metrics_file.read_text().splitlines() if line and json.loads(line)["step"] <= self.step_number]
-            metrics_file.write_text("".join(line + "\n" for line in kept))
-        log.info("resumed from %s: step=%d data_position=%d kl_coef=%.5f (written at weight version %d)",
-                 path, self.step_number, self.data_position, self.kl.value, state["weight_version"])
+        checkpoint.truncate_metrics(self.output_dir / "metrics.jsonl", self.step_number)  # later steps are redone
+        log.info(
+            "resumed from %s: step=%d data_position=%d kl_coef=%.5f (written at weight version %d)",
+            path,
+            self.step_number,
+            self.data_position,
+            self.kl.value,
+            state["weight_version"],
+        )
 
     # ---- the run --------------------------------------------------------------------
 
@@ -247,27 +255,60 @@ class Trainer:
         elif self.resumed_from is not None:
             log.info("pushing the checkpoint's weights before continuing")
             self.sync_policy(note=f"trainer resume at step {self.step_number}")
-        elif self.version != 0 or not self.policy_client.consistent or not _same_path(self.served_model, self.model_dir):
-            log.warning("policy serves version %d of %s, not the trainer's start weights (%s): pushing them first",
-                        self.version, self.served_model, self.model_dir)
+        elif (
+            self.version != 0 or not self.policy_client.consistent or not _same_path(self.served_model, self.model_dir)
+        ):
+            log.warning(
+                "policy serves version %d of %s, not the trainer's start weights (%s): pushing them first",
+                self.version,
+                self.served_model,
+                self.model_dir,
+            )
             self.sync_policy(note="trainer start (sync)")
         initial_version = self.version
+        s = c.sampling
         source = BatchSource(
-            self.sampler, self.policy_client, self.reward_client, c.reward_names, c.prompts_per_step,
-            SamplingSettings(c.samples_per_prompt, c.max_tokens, c.temperature, c.top_p, c.apply_chat_template, c.seed),
+            self.sampler,
+            self.policy_client,
+            self.reward_client,
+            self.data.reward_models(c),
+            s.prompts_per_step,
+            SamplingSettings(
+                s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, c.apply_chat_template, c.run.seed
+            ),
+            TemperatureSchedule(c.exploration, s.temperature, c.steps)
+            if c.exploration.temperature_schedule != "constant"
+            else None,
+            self.data.templates,
+            self.data.scorer(self.reward_client),
         )
         self.batches = (AsyncBatches if c.async_rollouts else SyncBatches)(source.make, self.step_number)
         try:
-            with logging_redirect_tqdm(), tqdm(total=c.steps, initial=self.step_number, desc="training", unit="step") as bar:
+            with (
+                logging_redirect_tqdm(),
+                tqdm(total=c.steps, initial=self.step_number, desc="training", unit="step") as bar,
+            ):
                 while self.step_number < c.steps and not self._stop_requested.is_set():
                     record = self.step()
                     s = record["seconds"]
                     log.info(
                         "step=%d version=%d reward=%.4f±%.4f kl=%.5f entropy=%.3f loss=%.4f lag=%d gen=%.1fs score=%.1fs train=%.1fs push=%.1fs",
-                        record["step"], record["weight_version"], record["reward_mean"], record["reward_std"], record["kl"],
-                        record["entropy"], record["loss"], record["policy_version_lag"], s["generate"], s["score"], s["train"], s["push"],
+                        record["step"],
+                        record["weight_version"],
+                        record["reward_mean"],
+                        record["reward_std"],
+                        record["kl"],
+                        record["entropy"],
+                        record["loss"],
+                        record["policy_version_lag"],
+                        s["generate"],
+                        s["score"],
+                        s["train"],
+                        s["push"],
                     )
-                    bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}", v=record["weight_version"])
+                    bar.set_postfix(
+                        reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}", v=record["weight_version"]
+                    )
                     bar.update(1)
                     if c.checkpoint_every and self.step_number % c.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -277,9 +318,9 @@ class Trainer:
         if not (c.checkpoint_every and self.step_number % c.checkpoint_every == 0 and path.is_dir()):
             path = self.save_checkpoint()
         summary = {
-            "algorithm": c.algorithm,
+            "algorithm": c.objective.algorithm,
             "model": self.model_dir,
-            "reward_model": ",".join(c.reward_names),
+            "reward_model": ",".join(c.rewards.names),
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "initial_weight_version": initial_version,
             "final_weight_version": self.version,

@@ -14,7 +14,9 @@ import torch
 ADAPTER = "default"
 
 
-def apply_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: tuple[str, ...]) -> torch.nn.Module:
+def apply_lora(
+    model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: tuple[str, ...]
+) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
@@ -30,7 +32,9 @@ def is_lora(model: torch.nn.Module) -> bool:
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from peft.tuners.lora import LoraLayer
 
-    return {prefix: module for prefix, module in model.get_base_model().named_modules() if isinstance(module, LoraLayer)}
+    return {
+        prefix: module for prefix, module in model.get_base_model().named_modules() if isinstance(module, LoraLayer)
+    }
 
 
 def merged_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

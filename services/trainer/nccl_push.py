@@ -21,8 +21,8 @@ whenever the policy server is not configured for NCCL.
 from __future__ import annotations
 
 import logging
-import math
 import socket
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +32,8 @@ from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactor
 from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
-from services.common.weight_stream import DTYPE_NAMES
+from services.common.errors import InvalidArgument
+from services.common.weight_stream import push_begin, push_dtype, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +63,12 @@ def tensor_list(tensors: Sequence[tuple[str, torch.Tensor]]) -> list[policy_pb2.
     """The BeginNcclPush declaration of a push: name, dtype and shape of each tensor, in broadcast order."""
     listed = []
     for name, tensor in tensors:
-        if tensor.dtype not in DTYPE_NAMES:
-            raise ValueError(f"{name}: NCCL pushes carry {sorted(DTYPE_NAMES.values())}, not {tensor.dtype}")
-        listed.append(policy_pb2.NcclTensor(name=name, dtype=DTYPE_NAMES[tensor.dtype], shape=list(tensor.shape)))
+        try:
+            dtype = push_dtype(tensor.dtype)
+        except InvalidArgument as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        listed.append(policy_pb2.NcclTensor(name=name, dtype=dtype.name, shape=list(tensor.shape)))
     return listed
-
-
-def push_begin(
-    tensors: Sequence[tuple[str, torch.Tensor]], expected_version: int | None, note: str, version: int | None = None
-) -> policy_pb2.PushBegin:
-    """The same PushBegin a gRPC push sends (guards, note, counts), so both paths share the server's checks."""
-    begin = policy_pb2.PushBegin(
-        num_tensors=len(tensors),
-        total_bytes=sum(math.prod(t.shape) * t.element_size() for _, t in tensors),
-        note=note,
-    )
-    if expected_version is not None:
-        begin.expected_version = expected_version
-    if version is not None:
-        begin.version = version
-    return begin
 
 
 class PolicyWeightSyncClient:
@@ -198,18 +185,36 @@ class NcclWeightPusher:
         )
         client = PolicyWeightSyncClient(stub, timeout_s)
         source = PushSource(device)
-        log.info("opening the NCCL weight-transfer group at %s:%d (world size %d)",
-                 init.master_address, init.master_port, init.world_size)
+        log.info(
+            "opening the NCCL weight-transfer group at %s:%d (world size %d)",
+            init.master_address,
+            init.master_port,
+            init.world_size,
+        )
         engine = WeightTransferTrainerFactory.trainer_init(init, client=client, source=source)
         return cls(engine, client, source)
 
     def push(
-        self, tensors: Sequence[tuple[str, torch.Tensor]], expected_version: int | None, note: str, version: int | None = None
+        self,
+        tensors: Sequence[tuple[str, torch.Tensor]],
+        expected_version: int | None,
+        note: str,
+        version: int | None = None,
+        push_id: str = "",
     ) -> policy_pb2.PushWeightsResponse:
-        """One full round: declare, broadcast, commit. The server refuses (as FAILED_PRECONDITION etc.) before any byte moves."""
+        """One full round: declare, broadcast, commit. The server refuses (as FAILED_PRECONDITION etc.) before any byte moves.
+
+        The push carries `push_id` (default: a fresh one) and the weights' digest (the
+        streamed push's definition), which the server records as the version's identity.
+        """
         items = list(tensors)
+        push_id = push_id or f"nccl-{uuid.uuid4().hex}"
         self.client.prepare(
-            policy_pb2.BeginNcclPushRequest(begin=push_begin(items, expected_version, note, version), tensors=tensor_list(items))
+            policy_pb2.BeginNcclPushRequest(
+                begin=push_begin(items, expected_version, note, version, push_id),
+                tensors=tensor_list(items),
+                sha256=weights_digest(items),
+            )
         )
         self.source.set(items)
         try:
@@ -222,20 +227,21 @@ class NcclWeightPusher:
         self.engine.shutdown()
 
 
-
 def open_pusher(config, replicas: Sequence, status: policy_pb2.GetStatusResponse) -> NcclWeightPusher | None:
-    """The trainer's NCCL pusher for `config.weight_transfer == "nccl"`, or None: push over the gRPC stream.
+    """The trainer's NCCL pusher for `config.push.weight_transfer == "nccl"`, or None: push over the gRPC stream.
 
     Fails without CUDA (an explicit setting that cannot work here). One policy
     address only: vLLM's trainer engine drives a single control client, so with
     several replicas the pushes keep using the gRPC stream.
     """
-    if config.weight_transfer != "nccl":
+    if config.push.weight_transfer != "nccl":
         return None
     require_cuda()
     if len(replicas) != 1:
-        log.warning("weight_transfer=nccl drives one policy server; %d replicas configured: pushing over the gRPC stream",
-                    len(replicas))
+        log.warning(
+            "weight_transfer=nccl drives one policy server; %d replicas configured: pushing over the gRPC stream",
+            len(replicas),
+        )
         return None
-    settings = NcclSettings(master_address=config.nccl_master_address, master_port=config.nccl_master_port)
-    return NcclWeightPusher.connect(replicas[0].stub, status, settings, config.rpc_timeout_s)
+    settings = NcclSettings(master_address=config.push.nccl_master_address, master_port=config.push.nccl_master_port)
+    return NcclWeightPusher.connect(replicas[0].stub, status, settings, config.endpoints.rpc_timeout_s)

@@ -56,7 +56,9 @@ def combine(scores: torch.Tensor, how: str, k: float = 1.0) -> torch.Tensor:
 
 
 class RewardProcessor:
-    def __init__(self, models: tuple[str, ...], how: str = "mean", k: float = 1.0, normalize: str = "none", clip: float = 0.0) -> None:
+    def __init__(
+        self, models: tuple[str, ...], how: str = "mean", k: float = 1.0, normalize: str = "none", clip: float = 0.0
+    ) -> None:
         if not models:
             raise ValueError("at least one reward model is needed")
         if how not in COMBINES:

@@ -8,13 +8,16 @@ mode, `async_rollout.py`) and in `evaluate`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 
 from rlhf.v1 import common_pb2, policy_pb2, reward_pb2
-from services.trainer.clients import PolicyClient, RewardClient
-from services.trainer.data import PromptRow, PromptSampler
+from services.clients.policy import PolicyClient
+from services.clients.reward import RewardClient
+from services.common.prompt_templates import Templates, tagged_request_id
+from services.common.prompts import PromptRow, PromptSampler
 from services.trainer.losses import token_logprobs
 
 
@@ -39,6 +42,7 @@ class Batch:
     reward_versions: dict[str, str]
     data_position: int
     seconds: dict[str, float]
+    temperature: float | None = None  # what sampled it, when a schedule sets it (None: sampling.temperature)
 
     @property
     def samples(self) -> list[policy_pb2.Sample]:
@@ -58,30 +62,60 @@ def sample_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 10_007) % (2**63)
 
 
-def generate(client: PolicyClient, rows: list[PromptRow], settings: SamplingSettings, index: int, tag: str) -> policy_pb2.GenerateResponse:
-    request = policy_pb2.GenerateRequest(
-        prompts=[policy_pb2.Prompt(text=row.prompt, apply_chat_template=settings.apply_chat_template) for row in rows],
-        sampling=policy_pb2.SamplingParams(
-            n=settings.samples_per_prompt,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=sample_seed(settings.seed, index),
-        ),
-        request_id=f"{tag}-{index}",
-    )
-    return client.generate(request)
+def generate(
+    client: PolicyClient,
+    rows: list[PromptRow],
+    settings: SamplingSettings,
+    index: int,
+    tag: str,
+    templates: Templates | None = None,
+) -> policy_pb2.GenerateResponse:
+    """Samples every row through its prompt template; results in row order.
+
+    One Generate call per template among the rows, so each request id records its
+    template (`<tag>-<index>-tpl_<name>`, the experience store keeps it with the samples).
+    """
+    rendered = [(templates or Templates()).render(row) for row in rows]
+    results: list[policy_pb2.PromptResult | None] = [None] * len(rows)
+    for group, name in enumerate(dict.fromkeys(name for _, name in rendered)):
+        positions = [i for i, (_, n) in enumerate(rendered) if n == name]
+        request = policy_pb2.GenerateRequest(
+            prompts=[
+                policy_pb2.Prompt(text=rendered[i][0], apply_chat_template=settings.apply_chat_template)
+                for i in positions
+            ],
+            sampling=policy_pb2.SamplingParams(
+                n=settings.samples_per_prompt,
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=(sample_seed(settings.seed, index) + group) % (2**63),
+            ),
+            request_id=tagged_request_id(f"{tag}-{index}", name),
+        )
+        reply = client.generate(request)
+        for position, result in zip(positions, reply.results):
+            results[position] = result
+    return policy_pb2.GenerateResponse(results=results)
+
+
+def score_items(rows: list[PromptRow], response: policy_pb2.GenerateResponse) -> list[reward_pb2.ScoreItem]:
+    """One item per sample, prompt-major. The prompt is the row's own text, not the templated one:
+    a reward model judges the answer to the user's request, whatever instructions framed it."""
+    return [
+        reward_pb2.ScoreItem(
+            prompt=row.prompt, completion=sample.text, **({"reference": row.reference} if row.reference else {})
+        )
+        for row, result in zip(rows, response.results)
+        for sample in result.samples
+    ]
 
 
 def score(
     client: RewardClient, models: tuple[str, ...], rows: list[PromptRow], response: policy_pb2.GenerateResponse
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Scores every sample with each model (one Score call per model)."""
-    items = [
-        reward_pb2.ScoreItem(prompt=row.prompt, completion=sample.text, **({"reference": row.reference} if row.reference else {}))
-        for row, result in zip(rows, response.results)
-        for sample in result.samples
-    ]
+    items = score_items(rows, response)
     scores, versions = {}, {}
     for name in models:
         reply = client.score(name, items)
@@ -101,18 +135,30 @@ class BatchSource:
         reward_models: tuple[str, ...],
         prompts_per_step: int,
         settings: SamplingSettings,
+        temperature: Callable[[int], float] | None = None,
+        templates: Templates | None = None,
+        scorer: Callable[[list[PromptRow], policy_pb2.GenerateResponse], tuple[dict, dict]] | None = None,
     ) -> None:
+        """`temperature`: step index -> sampling temperature (a schedule); None: settings.temperature throughout.
+        `templates`: the prompt templates rows are sent through. `scorer`: (rows, response) -> (scores, versions)
+        in place of one Score call per `reward_models` entry (multi-task: services/trainer/tasks.py)."""
         self.sampler, self.policy, self.reward = sampler, policy, reward
         self.reward_models, self.prompts_per_step, self.settings = reward_models, prompts_per_step, settings
+        self.temperature, self.templates = temperature, templates
+        self.scorer = scorer or (lambda rows, response: score(self.reward, self.reward_models, rows, response))
 
     def make(self, index: int) -> Batch:
         started = time.perf_counter()
         rows = self.sampler.next_batch(self.prompts_per_step)
-        response = generate(self.policy, rows, self.settings, index, "train-step")
+        settings, temperature = self.settings, None
+        if self.temperature is not None:
+            temperature = self.temperature(index)
+            settings = replace(settings, temperature=temperature)
+        response = generate(self.policy, rows, settings, index, "train-step", self.templates)
         generated = time.perf_counter()
-        scores, versions = score(self.reward, self.reward_models, rows, response)
+        scores, versions = self.scorer(rows, response)
         seconds = {"generate": generated - started, "score": time.perf_counter() - generated}
-        return Batch(index, rows, response, scores, versions, self.sampler.position, seconds)
+        return Batch(index, rows, response, scores, versions, self.sampler.position, seconds, temperature)
 
 
 class Rollout:
@@ -121,6 +167,8 @@ class Rollout:
     Column j of the [batch, length-1] tensors scores token j+1 of the sequence;
     `mask` marks completion tokens, `behaviour_logp` holds the engine's logprobs.
     """
+
+    temperature: float | None = None  # the sampling temperature, when it differs by batch (a schedule)
 
     def __init__(self, sequences: list[tuple[list[int], list[int], list[float]]], pad_id: int) -> None:
         length = max(len(p) + len(c) for p, c, _ in sequences)
@@ -140,8 +188,10 @@ class Rollout:
             self.mask[row, start : start + len(completion)] = 1.0
 
     @classmethod
-    def from_response(cls, response: policy_pb2.GenerateResponse, pad_id: int) -> "Rollout":
-        return cls(
+    def from_response(
+        cls, response: policy_pb2.GenerateResponse, pad_id: int, temperature: float | None = None
+    ) -> Rollout:
+        rollout = cls(
             [
                 (list(result.prompt_token_ids), list(s.token_ids), list(s.logprobs))
                 for result in response.results
@@ -149,12 +199,16 @@ class Rollout:
             ],
             pad_id,
         )
+        rollout.temperature = temperature
+        return rollout
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
 
-def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_column: int = 0) -> torch.Tensor:
+def completion_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_column: int = 0
+) -> torch.Tensor:
     """Logits for Rollout columns first_column.. (position j predicts token j+1).
 
     Only those positions go through the output head (`logits_to_keep`): the prompt's

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from services.common.model_store import prepare_smollm2
 from services.trainer import distributed as dist_util
 from services.trainer.config import TrainerConfig
 from services.trainer.learner import Learner, Prepared, lr_lambda
@@ -55,8 +56,10 @@ class RolloutTensors:
     behaviour_logp: torch.Tensor
     mask: torch.Tensor
 
-    def rows(self, part: slice) -> "RolloutTensors":
-        return RolloutTensors(self.input_ids[part], self.attention_mask[part], self.behaviour_logp[part], self.mask[part])
+    def rows(self, part: slice) -> RolloutTensors:
+        return RolloutTensors(
+            self.input_ids[part], self.attention_mask[part], self.behaviour_logp[part], self.mask[part]
+        )
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -73,8 +76,14 @@ class ShardedLearner(Learner):
     def __init__(self, config: TrainerConfig, model_dir: str) -> None:  # noqa: D107 - no super(): sharding precedes the optimizer
         from transformers import AutoModelForCausalLM
 
-        world, device = dist_util.setup(config.dist_backend, config.device)
-        dist_util.check_supported(config.lora_rank, config.algorithm, config.resume, config.prompts_per_step * config.samples_per_prompt, world.size)
+        world, device = dist_util.setup(config.dist_backend, config.run.device)
+        dist_util.check_supported(
+            config.lora.rank,
+            config.objective.algorithm,
+            config.resume,
+            config.sampling.prompts_per_step * config.sampling.samples_per_prompt,
+            world.size,
+        )
         self.config, self.world, self.device = config, world, device
         self._lock = threading.RLock()
         if world.is_main:  # the followers wait in `follow` until the model directory is ready
@@ -85,8 +94,12 @@ class ShardedLearner(Learner):
         self.policy = dist_util.shard(policy, device, world).to(device).train()
         self.reference = dist_util.shard(reference, device, world).to(device).eval()
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.lr_schedule, config.warmup_steps, config.steps))
+        self.optimizer = torch.optim.AdamW(
+            self.trainable, lr=config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.optimizer.lr_schedule, config.optimizer.warmup_steps, config.steps)
+        )
         self.critic = self.critic_optimizer = self.critic_scheduler = None
         log.info("rank %d/%d: policy and reference sharded with FSDP2 on %s", world.rank, world.size, device)
 
@@ -104,7 +117,7 @@ class ShardedLearner(Learner):
 
     @property
     def _needs_old_logp(self) -> bool:
-        return self.config.ppo_epochs > 1 and self.config.tis_cap > 0
+        return self.config.objective.ppo_epochs > 1 and self.config.objective.tis_cap > 0
 
     # ---- the Learner interface ------------------------------------------------------
 
@@ -118,8 +131,15 @@ class ShardedLearner(Learner):
         return Prepared(self._gather(local.ref_logp), self._gather(local.old_logp), None)
 
     @_one_at_a_time
-    def update(self, rollout=None, prepared: Prepared | None = None, advantages: torch.Tensor | None = None,
-               returns: torch.Tensor | None = None, kl_coef: float | None = None, total_tokens: float | None = None) -> dict:
+    def update(
+        self,
+        rollout=None,
+        prepared: Prepared | None = None,
+        advantages: torch.Tensor | None = None,
+        returns: torch.Tensor | None = None,
+        kl_coef: float | None = None,
+        total_tokens: float | None = None,
+    ) -> dict:
         """One update on every rank's slice; returns the whole batch's stats (as single-process).
 
         `total_tokens` is ignored: the denominator is always the whole broadcast batch's token count.
@@ -127,7 +147,11 @@ class ShardedLearner(Learner):
         self._command(UPDATE)
         sent = None
         if self.world.is_main:
-            sent = _rollout_tensors(rollout) + [prepared.ref_logp, advantages, torch.tensor([kl_coef], dtype=torch.float64)]
+            sent = _rollout_tensors(rollout) + [
+                prepared.ref_logp,
+                advantages,
+                torch.tensor([kl_coef], dtype=torch.float64),
+            ]
             if self._needs_old_logp:
                 sent.append(prepared.old_logp)
         received = self._share(sent)
@@ -142,11 +166,17 @@ class ShardedLearner(Learner):
         return dist_util.sum_over_ranks(partial, self.world, self.device) | {k: stats[k] for k in _GLOBAL_STATS}
 
     @_one_at_a_time
-    def push_tensors(self, names: set[str] | None = None, dtype: torch.dtype = torch.float32) -> list[tuple[str, torch.Tensor]]:
+    def push_tensors(
+        self, names: set[str] | None = None, dtype: torch.dtype = torch.float32
+    ) -> list[tuple[str, torch.Tensor]]:
         """Full tensors on rank 0 (empty elsewhere), gathered one at a time and cast on the way to the CPU."""
         self._command(PUSH)
         dtype = dist_util.broadcast_dtype(dtype, self.world, self.device)
-        return [(name, t) for name, t in dist_util.full_tensors(self.policy, self.world, dtype) if names is None or name in names]
+        return [
+            (name, t)
+            for name, t in dist_util.full_tensors(self.policy, self.world, dtype)
+            if names is None or name in names
+        ]
 
     @_one_at_a_time
     def save(self, directory: Path | None = None) -> None:
@@ -195,15 +225,15 @@ def follow(config: TrainerConfig) -> None:
     """A non-zero rank's whole run: join, wait until rank 0 has the model ready, then serve its commands."""
     import torch.distributed as dist
 
-    from services.common.model_store import prepare_smollm2
-
-    world, _ = dist_util.setup(config.dist_backend, config.device)
+    world, _ = dist_util.setup(config.dist_backend, config.run.device)
     if threading.current_thread() is threading.main_thread():
         # a stop signal reaches every rank; rank 0 finishes its step and checkpoint (which need us), then sends STOP
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda number, _: log.info("rank %d: signal %d, waiting for rank 0 to stop", world.rank, number))
+            signal.signal(
+                sig, lambda number, _: log.info("rank %d: signal %d, waiting for rank 0 to stop", world.rank, number)
+            )
     dist.barrier()  # rank 0 has resolved (and, first time, converted) the model
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run.seed)
     learner = ShardedLearner(config, config.model or str(prepare_smollm2(Path(config.model_cache))))
     log.info("rank %d following rank 0", world.rank)
     learner.follow()

@@ -33,10 +33,24 @@ def seed_samples(db_url: str, prompts: int, per_prompt: int, tenant: str = "defa
         for i in range(per_prompt):
             sample_id = f"p{p:03d}s{i:02d}{tenant[:8]}"
             group.append(sample_id)
-            records.append(SampleRecord(
-                sample_id, f"req{p}", tenant, 0, i, f"prompt {p}", True, [p, p + 1, p + 2], f"answer {i} to {p}",
-                [i], [-0.5], "stop", 0, time.time(),
-            ))
+            records.append(
+                SampleRecord(
+                    sample_id,
+                    f"req{p}",
+                    tenant,
+                    0,
+                    i,
+                    f"prompt {p}",
+                    True,
+                    [p, p + 1, p + 2],
+                    f"answer {i} to {p}",
+                    [i],
+                    [-0.5],
+                    "stop",
+                    0,
+                    time.time(),
+                )
+            )
         ids.append(group)
     store.record_samples(records)
     store.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from services.common.config import build
 from services.trainer.advantages import compute_advantages
 from services.trainer.config import TrainerConfig
 from services.trainer.distributed import world_from_env
@@ -38,11 +39,20 @@ def synthetic_rollout(vocab: int = 49152, rows: int = 8) -> tuple[Rollout, torch
 
 
 def main(model_dir: str, out_dir: str) -> None:
-    config = TrainerConfig(
-        model=model_dir, prompts_per_step=2, samples_per_prompt=GROUP, steps=STEPS, learning_rate=1e-3,
-        micro_batch_size=2, ppo_epochs=2, kl_coef=0.05, max_grad_norm=1.0,
+    config = build(
+        TrainerConfig,
+        {  # checked when made: under torchrun, against what sharding supports
+            "model": model_dir,
+            "sampling.prompts_per_step": 2,
+            "sampling.samples_per_prompt": GROUP,
+            "steps": STEPS,
+            "optimizer.learning_rate": 1e-3,
+            "optimizer.micro_batch_size": 2,
+            "objective.ppo_epochs": 2,
+            "objective.kl_coef": 0.05,
+            "optimizer.max_grad_norm": 1.0,
+        },
     )
-    config.validate()
     torch.manual_seed(0)
     if world_from_env().rank > 0:
         follow(config)
@@ -53,7 +63,7 @@ def main(model_dir: str, out_dir: str) -> None:
     for _ in range(STEPS):
         prepared = learner.prepare(rollout)
         advantages, _ = compute_advantages("grpo", scores, rollout.mask, GROUP)
-        records.append(learner.update(rollout, prepared, advantages, None, config.kl_coef))
+        records.append(learner.update(rollout, prepared, advantages, None, config.objective.kl_coef))
     weights = dict(learner.push_tensors(None, torch.float32))
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in learner.policy.parameters())
     learner.close()

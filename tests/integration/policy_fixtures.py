@@ -66,18 +66,26 @@ class PolicyServer:
     process: ServerProcess
 
 
-def launch_policy(model_dir: Path, log_path: Path, port: int | None = None, metrics_port: int | None = None) -> tuple[ServerProcess, str, int, int]:
+def launch_policy(
+    model_dir: Path, log_path: Path, port: int | None = None, metrics_port: int | None = None
+) -> tuple[ServerProcess, str, int, int]:
     """Starts (does not wait for) `python -m services.policy` on loopback; returns (process, address, port, metrics port)."""
     port, metrics_port = port or free_port(), metrics_port or free_port()
     process = ServerProcess(
         "services.policy",
         [
-            "--model", str(model_dir),
-            "--port", str(port),
-            "--metrics-port", str(metrics_port),
-            "--max-model-len", "512",
-            "--cpu-kvcache-gib", "1",
-            "--drain-timeout-s", "20",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--max-model-len",
+            "512",
+            "--cpu-kvcache-gib",
+            "1",
+            "--drain-timeout-s",
+            "20",
         ],
         log_path,
     )
@@ -87,7 +95,9 @@ def launch_policy(model_dir: Path, log_path: Path, port: int | None = None, metr
 @pytest.fixture(scope="session")
 def policy_server(tiny_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`python -m services.policy` serving the tiny model on loopback."""
-    process, address, _, metrics_port = launch_policy(tiny_policy_dir, tmp_path_factory.mktemp("policy-logs") / "policy.log")
+    process, address, _, metrics_port = launch_policy(
+        tiny_policy_dir, tmp_path_factory.mktemp("policy-logs") / "policy.log"
+    )
     process.wait_serving(address, timeout_s=300)
     yield PolicyServer(address, f"http://127.0.0.1:{metrics_port}/metrics", tiny_policy_dir, process)
     code = process.stop()

@@ -31,9 +31,20 @@ def recording_policy(tiny_policy_dir, tmp_path_factory):
     process = ServerProcess(
         "services.policy",
         [
-            "--model", str(tiny_policy_dir), "--port", str(port), "--metrics-port", str(metrics_port),
-            "--max-model-len", "512", "--cpu-kvcache-gib", "1",
-            "--experience-db", url, "--record-disabled-tenants", "private,secret",
+            "--model",
+            str(tiny_policy_dir),
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            "--max-model-len",
+            "512",
+            "--cpu-kvcache-gib",
+            "1",
+            "--experience-db",
+            url,
+            "--record-disabled-tenants",
+            "private,secret",
         ],
         tmp_path_factory.mktemp("recording-policy-logs") / "policy.log",
     )
@@ -41,8 +52,12 @@ def recording_policy(tiny_policy_dir, tmp_path_factory):
     process.start(address, timeout_s=300)
     channel = open_channel(address, security=ClientSecurity())
     store = ExperienceStore.open(url)
-    yield (policy_pb2_grpc.PolicyServiceStub(channel), feedback_pb2_grpc.FeedbackServiceStub(channel), store,
-           f"http://127.0.0.1:{metrics_port}/metrics")
+    yield (
+        policy_pb2_grpc.PolicyServiceStub(channel),
+        feedback_pb2_grpc.FeedbackServiceStub(channel),
+        store,
+        f"http://127.0.0.1:{metrics_port}/metrics",
+    )
     store.close()
     channel.close()
     assert process.stop() == 0, process.log_tail()
@@ -51,7 +66,10 @@ def recording_policy(tiny_policy_dir, tmp_path_factory):
 def generate(stub, n=2, mode=policy_pb2.RECORDING_MODE_UNSPECIFIED, tenant="", prompt=None, request_id="live-1"):
     prompt = prompt or policy_pb2.Prompt(text=PROMPT, apply_chat_template=True)
     request = policy_pb2.GenerateRequest(
-        prompts=[prompt], sampling=policy_pb2.SamplingParams(n=n, max_tokens=8, seed=3), request_id=request_id, recording=mode
+        prompts=[prompt],
+        sampling=policy_pb2.SamplingParams(n=n, max_tokens=8, seed=3),
+        request_id=request_id,
+        recording=mode,
     )
     metadata = (("x-rlhf-tenant", tenant),) if tenant else None
     return stub.Generate(request, metadata=metadata, timeout=60)
@@ -92,7 +110,8 @@ def test_stream_samples_are_recorded_under_the_streamed_ids(recording_policy):
     stub, _, store, _ = recording_policy
     request = policy_pb2.GenerateRequest(
         prompts=[policy_pb2.Prompt(text=PROMPT, apply_chat_template=True)],
-        sampling=policy_pb2.SamplingParams(n=2, max_tokens=8), request_id="stream-1",
+        sampling=policy_pb2.SamplingParams(n=2, max_tokens=8),
+        request_id="stream-1",
     )
     streamed: dict[tuple[int, int], dict] = {}
     for message in stub.GenerateStream(request, timeout=60):
@@ -129,9 +148,12 @@ def test_feedback_on_live_samples_through_the_policy_port(recording_policy):
     a, b = (s.sample_id for s in reply.results[0].samples)
     wait_recorded(store, [a, b])
     same_text = reply.results[0].samples[0].text == reply.results[0].samples[1].text
-    stored = feedback.SubmitFeedback(fb.SubmitFeedbackRequest(
-        rater_id="user-42", body=fb.FeedbackBody(pairwise=fb.PairwiseChoice(chosen_sample_id=b, rejected_sample_id=a))
-    ))
+    stored = feedback.SubmitFeedback(
+        fb.SubmitFeedbackRequest(
+            rater_id="user-42",
+            body=fb.FeedbackBody(pairwise=fb.PairwiseChoice(chosen_sample_id=b, rejected_sample_id=a)),
+        )
+    )
     prefs = feedback.ListPreferences(fb.ListPreferencesRequest(since_cursor=stored.cursor - 1))
     if same_text:
         assert prefs.report.identical_dropped == 1 and not prefs.pairs
@@ -139,9 +161,13 @@ def test_feedback_on_live_samples_through_the_policy_port(recording_policy):
         (pair,) = prefs.pairs
         assert (pair.chosen_sample_id, pair.rejected_sample_id) == (b, a) and pair.prompt_text == PROMPT
 
-    unrecorded = generate(stub, n=1, mode=policy_pb2.RECORDING_MODE_OFF, request_id="nope").results[0].samples[0].sample_id
+    unrecorded = (
+        generate(stub, n=1, mode=policy_pb2.RECORDING_MODE_OFF, request_id="nope").results[0].samples[0].sample_id
+    )
     with pytest.raises(grpc.RpcError) as raised:
-        feedback.SubmitFeedback(fb.SubmitFeedbackRequest(rater_id="user-42", body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=unrecorded))))
+        feedback.SubmitFeedback(
+            fb.SubmitFeedbackRequest(rater_id="user-42", body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=unrecorded)))
+        )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     prompts = feedback.ListPrompts(fb.ListPromptsRequest())
     assert PROMPT in {p.prompt_text for p in prompts.prompts}

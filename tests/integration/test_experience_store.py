@@ -34,9 +34,20 @@ def store(store_url):
 
 def sample(i: int, prompt=(1, 2, 3), tenant="default") -> SampleRecord:
     return SampleRecord(
-        sample_id=f"s{i:04d}", request_id=f"r{i // 2}", tenant=tenant, prompt_index=0, sample_index=i % 2,
-        prompt_text="Say hi ünïcode ✓", chat_template=True, prompt_token_ids=list(prompt), completion_text=f"answer {i}",
-        token_ids=[10, 11, i], logprobs=[-0.125, -1.5, -3.0e-7], finish_reason="stop", weight_version=7, created_at=1000.0 + i,
+        sample_id=f"s{i:04d}",
+        request_id=f"r{i // 2}",
+        tenant=tenant,
+        prompt_index=0,
+        sample_index=i % 2,
+        prompt_text="Say hi ünïcode ✓",
+        chat_template=True,
+        prompt_token_ids=list(prompt),
+        completion_text=f"answer {i}",
+        token_ids=[10, 11, i],
+        logprobs=[-0.125, -1.5, -3.0e-7],
+        finish_reason="stop",
+        weight_version=7,
+        created_at=1000.0 + i,
     )
 
 
@@ -97,7 +108,13 @@ def test_feedback_duplicates_rate_limits_and_counts(store):
         store.add_feedback(draft("bob", ids=("s0001",), kind=Kind.THUMBS), rate_limit=(2, 60.0), now=now)
     assert limited.value.retry_after_s == pytest.approx(30.0, abs=0.01)
     counts = store.counts()
-    assert (counts.feedback, counts.raters, counts.samples, counts.samples_cursor, counts.feedback_cursor) == (5, 2, 4, 4, 5)
+    assert (counts.feedback, counts.raters, counts.samples, counts.samples_cursor, counts.feedback_cursor) == (
+        5,
+        2,
+        4,
+        4,
+        5,
+    )
     assert counts.feedback_by_kind == {Kind.PAIRWISE: 2, Kind.RANKING: 1, Kind.THUMBS: 2}
     page, more = store.feedback_page(0, 10, kinds=[Kind.THUMBS])
     assert [f.rater_id for f in page] == ["bob", "bob"] and not more

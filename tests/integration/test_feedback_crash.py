@@ -34,7 +34,8 @@ def test_acknowledged_feedback_survives_sigkill(backend, request, tmp_path):
             stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
             for sample_id in samples:
                 request_ = fb.SubmitFeedbackRequest(
-                    rater_id=f"rater-{index}", body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=sample_id, up=index % 2 == 0))
+                    rater_id=f"rater-{index}",
+                    body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=sample_id, up=index % 2 == 0)),
                 )
                 try:
                     reply = stub.SubmitFeedback(request_, timeout=10)
@@ -61,7 +62,9 @@ def test_acknowledged_feedback_survives_sigkill(backend, request, tmp_path):
     restarted, address, _ = start_experience_service(url, tmp_path / "after.log", "--rate-limit", "0")
     try:
         with open_channel(address, security=ClientSecurity()) as channel:
-            export = feedback_pb2_grpc.FeedbackServiceStub(channel).ExportFeedback(fb.ExportFeedbackRequest(limit=10000))
+            export = feedback_pb2_grpc.FeedbackServiceStub(channel).ExportFeedback(
+                fb.ExportFeedbackRequest(limit=10000)
+            )
         stored = {r.feedback_id for r in export.records}
         missing = acknowledged - stored
         assert not missing, f"{len(missing)} acknowledged records lost"

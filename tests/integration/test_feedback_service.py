@@ -47,9 +47,12 @@ def refusal(stub, rater, **body) -> grpc.RpcError:
 
 def test_health_and_reflection(service):
     _, _, channel, _ = service
-    assert health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="rlhf.v1.FeedbackService")
-    ).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service="rlhf.v1.FeedbackService"))
+        .status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")])
     )
@@ -71,14 +74,24 @@ def test_each_kind_round_trips(service):
     export = stub.ExportFeedback(fb.ExportFeedbackRequest(since_cursor=first, limit=6))
     assert [r.feedback_id for r in export.records] == [r.feedback_id for r in replies]
     assert [r.kind for r in export.records] == [
-        fb.FEEDBACK_KIND_RATING, fb.FEEDBACK_KIND_THUMBS, fb.FEEDBACK_KIND_PAIRWISE,
-        fb.FEEDBACK_KIND_RANKING, fb.FEEDBACK_KIND_CORRECTION, fb.FEEDBACK_KIND_COMMENT,
+        fb.FEEDBACK_KIND_RATING,
+        fb.FEEDBACK_KIND_THUMBS,
+        fb.FEEDBACK_KIND_PAIRWISE,
+        fb.FEEDBACK_KIND_RANKING,
+        fb.FEEDBACK_KIND_CORRECTION,
+        fb.FEEDBACK_KIND_COMMENT,
     ]
     assert export.records[4].body.correction.corrected_text == "fixed"
     prefs = stub.ListPreferences(fb.ListPreferencesRequest(since_cursor=first))
     texts = {(p.chosen_text, p.rejected_text) for p in prefs.pairs}
     assert ("answer 0 to 0", "answer 1 to 0") in texts and ("fixed", "answer 1 to 0") in texts
     assert prefs.report.items_out == len(prefs.pairs) == 4
+    by_texts = {(p.chosen_text, p.rejected_text): p for p in prefs.pairs}
+    served = by_texts[("answer 0 to 0", "answer 1 to 0")]  # each side says which weight version served it
+    assert served.HasField("chosen_weight_version") and served.HasField("rejected_weight_version")
+    assert served.chosen_weight_version == served.rejected_weight_version == 0
+    corrected = by_texts[("fixed", "answer 1 to 0")]  # a correction was never served
+    assert not corrected.HasField("chosen_weight_version") and corrected.HasField("rejected_weight_version")
     ratings = stub.ListRatings(fb.ListRatingsRequest(since_cursor=first))
     assert {(r.sample_id, round(r.score, 3)) for r in ratings.ratings} == {(a, 0.9), (b, 0.0)}
 
@@ -88,8 +101,11 @@ def test_each_kind_round_trips(service):
     [
         ({"rating": fb.Rating(sample_id="SAMPLE0", value=9)}, grpc.StatusCode.INVALID_ARGUMENT, "outside the scale"),
         ({"thumbs": fb.Thumbs(sample_id="no-such-sample", up=True)}, grpc.StatusCode.NOT_FOUND, "no recorded sample"),
-        ({"pairwise": fb.PairwiseChoice(chosen_sample_id="SAMPLE0", rejected_sample_id="OTHERPROMPT")},
-         grpc.StatusCode.INVALID_ARGUMENT, "different prompts"),
+        (
+            {"pairwise": fb.PairwiseChoice(chosen_sample_id="SAMPLE0", rejected_sample_id="OTHERPROMPT")},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "different prompts",
+        ),
         ({}, grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of"),
     ],
 )
@@ -102,7 +118,10 @@ def test_invalid_feedback_gets_the_right_status(service, body, code, text):
                 setattr(message, field, fill[getattr(message, field)])
     error = refusal(stub, "invalid", **body)
     assert error.code() == code and text in error.details()
-    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
 def test_duplicate_is_already_exists_and_rate_limit_is_resource_exhausted(service):
@@ -137,7 +156,11 @@ def test_auth_scopes(tmp_path):
         '[[tokens]]\nname = "trainer"\ntoken_env = "ADMIN_TOKEN"\nscopes = ["admin"]\n'
     )
     process, address, _ = start_experience_service(
-        url, tmp_path / "auth.log", "--auth-tokens-file", str(tokens), env={"FEEDBACK_TOKEN": "f-secret", "ADMIN_TOKEN": "a-secret"}
+        url,
+        tmp_path / "auth.log",
+        "--auth-tokens-file",
+        str(tokens),
+        env={"FEEDBACK_TOKEN": "f-secret", "ADMIN_TOKEN": "a-secret"},
     )
     try:
         with open_channel(address, security=ClientSecurity(token="f-secret")) as channel:
@@ -147,9 +170,14 @@ def test_auth_scopes(tmp_path):
                 stub.ExportFeedback(fb.ExportFeedbackRequest())
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
             with pytest.raises(grpc.RpcError) as denied:
-                stub.SubmitGoldFeedback(fb.SubmitFeedbackRequest(rater_id="g", body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=ids[0][0]))))
+                stub.SubmitGoldFeedback(
+                    fb.SubmitFeedbackRequest(rater_id="g", body=fb.FeedbackBody(thumbs=fb.Thumbs(sample_id=ids[0][0])))
+                )
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         with open_channel(address, security=ClientSecurity(token="a-secret")) as channel:
-            assert len(feedback_pb2_grpc.FeedbackServiceStub(channel).ExportFeedback(fb.ExportFeedbackRequest()).records) == 1
+            assert (
+                len(feedback_pb2_grpc.FeedbackServiceStub(channel).ExportFeedback(fb.ExportFeedbackRequest()).records)
+                == 1
+            )
     finally:
         assert process.stop() == 0, process.log_tail()

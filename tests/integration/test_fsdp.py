@@ -34,15 +34,27 @@ STAT_RELATIVE_TOLERANCE = 1e-4
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return env | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def torchrun(args: list[str], log: Path, timeout_s: float) -> None:
     """`torchrun --nproc_per_node 2` on loopback; fails the test with the log tail if a rank fails."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        *args,
     ]
     with open(log, "wb") as out:
         done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=_env(), timeout=timeout_s)
@@ -53,7 +65,12 @@ def torchrun(args: list[str], log: Path, timeout_s: float) -> None:
 def test_sharded_updates_match_single_process(tiny_policy_dir, tmp_path):
     worker = ["-m", "tests.integration.fsdp_worker", str(tiny_policy_dir)]
     single = subprocess.run(
-        [sys.executable, *worker, str(tmp_path / "single")], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, *worker, str(tmp_path / "single")],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun([*worker, str(tmp_path / "sharded")], tmp_path / "torchrun.log", timeout_s=300)
@@ -72,7 +89,16 @@ def test_sharded_updates_match_single_process(tiny_policy_dir, tmp_path):
     assert stats["sharded"]["local_share"] == pytest.approx(0.5, abs=0.01)  # each rank held half of the weights
     for a, b in zip(stats["single"]["steps"], stats["sharded"]["steps"], strict=True):
         # grad_norm catches a wrong loss normalization (AdamW and clipping would hide it in the weights)
-        for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "clip_fraction", "ratio_mean", "logprob_abs_diff"):
+        for key in (
+            "loss",
+            "policy_loss",
+            "kl",
+            "entropy",
+            "grad_norm",
+            "clip_fraction",
+            "ratio_mean",
+            "logprob_abs_diff",
+        ):
             assert b[key] == pytest.approx(a[key], rel=STAT_RELATIVE_TOLERANCE, abs=1e-6), key
 
 
@@ -80,11 +106,35 @@ def test_trainer_under_torchrun_pushes_the_gathered_weights(policy_server, rewar
     run = tmp_path / "run"
     torchrun(
         [
-            "-m", "services.trainer", "train",
-            "--policy-address", policy_server.address, "--reward-address", reward_server.address,
-            "--reward-model", "length", "--model", str(policy_server.model_dir), "--output-dir", str(run),
-            "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--max-tokens", "12",
-            "--learning-rate", "1e-3", "--micro-batch-size", "2", "--push-chunk-mb", "1.0", "--dist-backend", "gloo",
+            "-m",
+            "services.trainer",
+            "train",
+            "--endpoints.policy",
+            policy_server.address,
+            "--endpoints.reward",
+            reward_server.address,
+            "--rewards.model",
+            "length",
+            "--model",
+            str(policy_server.model_dir),
+            "--run.output-dir",
+            str(run),
+            "--steps",
+            "2",
+            "--sampling.prompts-per-step",
+            "2",
+            "--sampling.samples-per-prompt",
+            "2",
+            "--sampling.max-tokens",
+            "12",
+            "--optimizer.learning-rate",
+            "1e-3",
+            "--optimizer.micro-batch-size",
+            "2",
+            "--push.chunk-mb",
+            "1.0",
+            "--dist-backend",
+            "gloo",
         ],
         tmp_path / "torchrun.log",
         timeout_s=400,

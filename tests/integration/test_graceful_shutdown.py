@@ -22,8 +22,22 @@ def test_sigterm_drains_in_flight_generation(tiny_policy_dir, tmp_path):
     address = f"127.0.0.1:{port}"
     server = ServerProcess(
         "services.policy",
-        ["--model", str(tiny_policy_dir), "--port", str(port), "--metrics-port", "0", "--max-model-len", "512",
-         "--cpu-kvcache-gib", "1", "--shutdown-delay-s", "2", "--grace-s", "60"],
+        [
+            "--model",
+            str(tiny_policy_dir),
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--max-model-len",
+            "512",
+            "--cpu-kvcache-gib",
+            "1",
+            "--shutdown-delay-s",
+            "2",
+            "--grace-s",
+            "60",
+        ],
         tmp_path / "policy.log",
     ).start(address, timeout_s=300)
     try:

@@ -17,7 +17,12 @@ from services.common.weight_stream import push_requests
 
 pytestmark = pytest.mark.integration
 
-ALLOWED_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.FAILED_PRECONDITION}
+ALLOWED_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,10 @@ def stub(policy_server):
 
 def healthy(stub):
     reply = stub.Generate(
-        policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(token_ids=[1, 2, 3])], sampling=policy_pb2.SamplingParams(max_tokens=2, temperature=0.0)),
+        policy_pb2.GenerateRequest(
+            prompts=[policy_pb2.Prompt(token_ids=[1, 2, 3])],
+            sampling=policy_pb2.SamplingParams(max_tokens=2, temperature=0.0),
+        ),
         timeout=60,
     )
     assert len(reply.results[0].samples[0].token_ids) >= 1
@@ -86,7 +94,11 @@ chunks = st.builds(
 )
 push_messages = st.one_of(
     st.builds(lambda c: policy_pb2.PushWeightsRequest(chunk=c), chunks),
-    st.builds(lambda n, b: policy_pb2.PushWeightsRequest(begin=policy_pb2.PushBegin(num_tensors=n, total_bytes=b)), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)),
+    st.builds(
+        lambda n, b: policy_pb2.PushWeightsRequest(begin=policy_pb2.PushBegin(num_tensors=n, total_bytes=b)),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**64 - 1),
+    ),
     st.builds(lambda d: policy_pb2.PushWeightsRequest(commit=policy_pb2.PushCommit(sha256=d)), st.binary(max_size=40)),
     st.just(policy_pb2.PushWeightsRequest()),
 )
@@ -132,7 +144,9 @@ def test_racing_pushes_apply_one_at_a_time(stub, policy_server):
 
     def push(slot):
         try:
-            results[slot] = stub.PushWeights(push_requests(params, 128 * 1024, expected_version=start, note=f"racer {slot}"), timeout=120)
+            results[slot] = stub.PushWeights(
+                push_requests(params, 128 * 1024, expected_version=start, note=f"racer {slot}"), timeout=120
+            )
         except grpc.RpcError as exc:
             results[slot] = exc.code()
 

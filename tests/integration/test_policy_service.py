@@ -86,7 +86,10 @@ def test_logprobs_match_the_trainers_recomputation(stub, hf_model):
     for temperature in (1.0, 0.7):
         reply = stub.Generate(
             policy_pb2.GenerateRequest(
-                prompts=[policy_pb2.Prompt(text=PROMPT, apply_chat_template=True), policy_pb2.Prompt(token_ids=[1, 2, 3, 4])],
+                prompts=[
+                    policy_pb2.Prompt(text=PROMPT, apply_chat_template=True),
+                    policy_pb2.Prompt(token_ids=[1, 2, 3, 4]),
+                ],
                 sampling=policy_pb2.SamplingParams(n=3, max_tokens=16, temperature=temperature, seed=11),
             )
         )
@@ -108,9 +111,23 @@ def test_push_changes_generation_and_bumps_version(stub, hf_model, policy_server
     push(stub, original, note="baseline")
     before_version, before = version(stub), greedy(stub)
     assert before.weight_version == before_version
-    reply = push(stub, perturbed(original, 2.0, seed=1), expected_version=before_version, note="perturbed")
+    requests = list(
+        push_requests(
+            perturbed(original, 2.0, seed=1),
+            chunk_bytes=256 * 1024,
+            expected_version=before_version,
+            note="perturbed",
+            push_id="test-perturbed",
+        )
+    )
+    reply = stub.PushWeights(iter(requests), timeout=120)
     assert (reply.previous_version, reply.weight_version) == (before_version, before_version + 1)
     assert reply.num_tensors == len(original) and reply.total_bytes > 0
+    # the push's identity: its id and the weights' digest, recorded with the version and reported by GetStatus
+    assert reply.push_id == "test-perturbed" and reply.sha256 == requests[-1].commit.sha256
+    current = stub.GetStatus(policy_pb2.GetStatusRequest()).current
+    assert (current.version, current.push_id, current.sha256) == (before_version + 1, "test-perturbed", reply.sha256)
+    assert current.origin == policy_pb2.VERSION_ORIGIN_PUSH
     after = greedy(stub)
     assert after.weight_version == before_version + 1
     assert list(after.token_ids) != list(before.token_ids), "new weights did not change the output"
@@ -213,9 +230,24 @@ def test_request_in_flight_during_swap_finishes_on_old_version(stub, hf_model):
         (policy_pb2.GenerateRequest(), "no prompts"),
         (policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="x", token_ids=[1])]), "exactly one"),
         (policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(token_ids=[49152])]), "vocabulary"),
-        (policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(temperature=float("nan"))), "temperature"),
-        (policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(n=1000)), "sampling.n"),
-        (policy_pb2.GenerateRequest(prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(max_tokens=5000)), "max_tokens"),
+        (
+            policy_pb2.GenerateRequest(
+                prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(temperature=float("nan"))
+            ),
+            "temperature",
+        ),
+        (
+            policy_pb2.GenerateRequest(
+                prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(n=1000)
+            ),
+            "sampling.n",
+        ),
+        (
+            policy_pb2.GenerateRequest(
+                prompts=[policy_pb2.Prompt(text="x")], sampling=policy_pb2.SamplingParams(max_tokens=5000)
+            ),
+            "max_tokens",
+        ),
     ],
 )
 def test_bad_requests_get_invalid_argument_and_server_keeps_serving(stub, request_, fragment):

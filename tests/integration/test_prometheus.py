@@ -124,13 +124,16 @@ def _wait_for(prometheus: Prometheus, checks: dict[str, float], timeout_s: float
     deadline = time.monotonic() + timeout_s
     while True:
         values = {expr: prometheus.value(expr) for expr in checks}
-        missing = {expr: values[expr] for expr, minimum in checks.items() if values[expr] is None or values[expr] < minimum}
+        missing = {
+            expr: values[expr] for expr, minimum in checks.items() if values[expr] is None or values[expr] < minimum
+        }
         if not missing:
             return values
         if time.monotonic() > deadline:
-            pytest.fail("series absent or below the expected value after the load:\n" + "\n".join(
-                f"  {expr} = {value} (want >= {checks[expr]})" for expr, value in missing.items()
-            ))
+            pytest.fail(
+                "series absent or below the expected value after the load:\n"
+                + "\n".join(f"  {expr} = {value} (want >= {checks[expr]})" for expr, value in missing.items())
+            )
         time.sleep(0.5)
 
 
@@ -146,51 +149,70 @@ def _mean(histogram: str, selector: str = "") -> str:
     return f"sum({histogram}_sum{selector}) / sum({histogram}_count{selector})"
 
 
-def test_prometheus_scrapes_request_latency_and_version_series(prometheus: Prometheus, policy_server, reward_server) -> None:
+def test_prometheus_scrapes_request_latency_and_version_series(
+    prometheus: Prometheus, policy_server, reward_server
+) -> None:
     # Both targets are scraped before any load, so counters are seen rising from a known point.
     _wait_for(prometheus, {'up{job="policy"}': 1, 'up{job="reward"}': 1}, timeout_s=30)
     before = {expr: prometheus.value(expr) or 0 for expr in (STREAMS_OK, GENERATES_OK, SCORES_OK, TOKENS, TTFTS, ITEMS)}
 
     policy = LoadTestConfig(
-        target=policy_server.address, num_requests=10, duration_s=60, warmup_requests=1,
-        output_len=16, timeout_s=60, progress=False, goodput=("e2el:60000",),
+        target=policy_server.address,
+        num_requests=10,
+        duration_s=60,
+        warmup_requests=1,
+        output_len=16,
+        timeout_s=60,
+        progress=False,
+        goodput=("e2el:60000",),
     )
     (stream,) = asyncio.run(run_load_test("policy", policy, [LoadShape(concurrency=3)]))
     unary_config = dataclasses.replace(policy, rpc="Generate", num_requests=4)
     (unary,) = asyncio.run(run_load_test("policy", unary_config, [LoadShape(concurrency=2)]))
     reward = LoadTestConfig(
-        target=reward_server.address, reward_model="tiny-rm", items_per_request=2, num_requests=24,
-        duration_s=60, warmup_requests=1, timeout_s=30, progress=False,
+        target=reward_server.address,
+        reward_model="tiny-rm",
+        items_per_request=2,
+        num_requests=24,
+        duration_s=60,
+        warmup_requests=1,
+        timeout_s=30,
+        progress=False,
     )
     (scored,) = asyncio.run(run_load_test("reward", reward, [LoadShape(request_rate=40.0, max_concurrency=4)]))
 
     # What the client saw: every request served, with streamed timings where there is a stream.
     assert (stream["completed"], stream["failed"]) == (10, 0), stream["errors"]
-    assert stream["total_output_tokens"] > 10 and stream["request_goodput"] == pytest.approx(stream["request_throughput"])
+    assert stream["total_output_tokens"] > 10 and stream["request_goodput"] == pytest.approx(
+        stream["request_throughput"]
+    )
     assert 0 < stream["median_ttft_ms"] <= stream["median_e2el_ms"]
     assert stream["mean_itl_ms"] is not None and stream["mean_tpot_ms"] is not None
     assert (unary["completed"], unary["failed"]) == (4, 0) and unary["mean_ttft_ms"] is None
     assert (scored["completed"], scored["failed"], scored["total_items"]) == (24, 0, 48)
 
     # What Prometheus scraped: at least the load just sent (plus warm-ups), on top of what was there.
-    values = _wait_for(prometheus, {
-        STREAMS_OK: before[STREAMS_OK] + 11,  # 10 measured + 1 warm-up
-        GENERATES_OK: before[GENERATES_OK] + 5,
-        SCORES_OK: before[SCORES_OK] + 25,
-        TOKENS: before[TOKENS] + stream["total_output_tokens"] + unary["total_output_tokens"],
-        TTFTS: before[TTFTS] + 15,
-        "sum(rlhf_policy_inter_token_latency_seconds_count)": 1,
-        "sum(rlhf_policy_request_time_per_output_token_seconds_count)": 1,
-        "sum(rlhf_policy_e2e_request_latency_seconds_count)": 15,
-        'sum(grpc_server_handling_seconds_count{job="policy",grpc_method="GenerateStream"})': 11,
-        ITEMS: before[ITEMS] + 50,  # 25 requests x 2 items
-        'sum(rlhf_reward_batch_size_count{model="tiny-rm"})': 1,
-        "rlhf_policy_weight_version": 0,
-        "sum(vllm:generation_tokens_total)": 1,  # vLLM's own series, under vLLM's names
-        "sum(vllm:time_to_first_token_seconds_count)": 1,
-        "count(vllm:kv_cache_usage_perc)": 1,
-        'count(rlhf_reward_model_info{model="tiny-rm"})': 1,
-    })
+    values = _wait_for(
+        prometheus,
+        {
+            STREAMS_OK: before[STREAMS_OK] + 11,  # 10 measured + 1 warm-up
+            GENERATES_OK: before[GENERATES_OK] + 5,
+            SCORES_OK: before[SCORES_OK] + 25,
+            TOKENS: before[TOKENS] + stream["total_output_tokens"] + unary["total_output_tokens"],
+            TTFTS: before[TTFTS] + 15,
+            "sum(rlhf_policy_inter_token_latency_seconds_count)": 1,
+            "sum(rlhf_policy_request_time_per_output_token_seconds_count)": 1,
+            "sum(rlhf_policy_e2e_request_latency_seconds_count)": 15,
+            'sum(grpc_server_handling_seconds_count{job="policy",grpc_method="GenerateStream"})': 11,
+            ITEMS: before[ITEMS] + 50,  # 25 requests x 2 items
+            'sum(rlhf_reward_batch_size_count{model="tiny-rm"})': 1,
+            "rlhf_policy_weight_version": 0,
+            "sum(vllm:generation_tokens_total)": 1,  # vLLM's own series, under vLLM's names
+            "sum(vllm:time_to_first_token_seconds_count)": 1,
+            "count(vllm:kv_cache_usage_perc)": 1,
+            'count(rlhf_reward_model_info{model="tiny-rm"})': 1,
+        },
+    )
     # Plausible values: server-side latencies are positive and within the client's bounds.
     mean_ttft = prometheus.value(_mean("rlhf_policy_time_to_first_token_seconds"))
     mean_e2e = prometheus.value(_mean("rlhf_policy_e2e_request_latency_seconds"))

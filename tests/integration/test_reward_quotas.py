@@ -23,7 +23,8 @@ def stub(reward_server):
 
 def _request(model: str, n: int) -> reward_pb2.ScoreRequest:
     return reward_pb2.ScoreRequest(
-        model=model, items=[reward_pb2.ScoreItem(prompt=f"p{i}", completion=f"a completion about book {i}") for i in range(n)]
+        model=model,
+        items=[reward_pb2.ScoreItem(prompt=f"p{i}", completion=f"a completion about book {i}") for i in range(n)],
     )
 
 

@@ -30,16 +30,26 @@ def secured_reward(tmp_path_factory):
     process = ServerProcess(
         "services.reward",
         [
-            "--port", str(port), "--metrics-port", "0",
-            "--auth-tokens-file", str(root / "tokens.toml"),
-            "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
-            "--tls-client-ca-file", str(certs.ca),
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--auth-tokens-file",
+            str(root / "tokens.toml"),
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-key-file",
+            str(certs.server_key),
+            "--tls-client-ca-file",
+            str(certs.ca),
         ],
         root / "reward.log",
         env={"GEN_TOKEN": "generate-secret"},
     )
     address = f"localhost:{port}"
-    client = ClientSecurity(tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client_cert), tls_key_file=str(certs.client_key))
+    client = ClientSecurity(
+        tls_ca_file=str(certs.ca), tls_cert_file=str(certs.client_cert), tls_key_file=str(certs.client_key)
+    )
     process.launch()
     wait_until_serving(address, 180, is_alive=lambda: process.process.poll() is None, security=client)
     yield address, certs, client

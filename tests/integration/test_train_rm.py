@@ -1,4 +1,4 @@
-"""`train-rm` end to end: train a tiny reward model on the shipped preferences, publish it to the live
+"""`rlhf-reward train` end to end: train a tiny reward model on the shipped preferences, publish it to the live
 reward service, and check the service scores held-out pairs the way training measured."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from rlhf.v1 import reward_pb2, reward_pb2_grpc
 from services.common.client import open_channel
-from services.trainer.preferences import load_feedback
+from services.reward.training.preferences import load_feedback
 from tests.integration.reward_fixtures import build_tiny_classifier
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def test_train_rm_beats_chance_on_held_out_books_and_serves_the_same_scores(rewa
     base = build_tiny_classifier(tmp_path / "base", seed=3)
     out = tmp_path / "rm"
     command = [
-        sys.executable, "-m", "services.trainer", "train-rm",
+        sys.executable, "-m", "services.reward", "train",
         "--base-model", str(base), "--output-dir", str(out),
         "--epochs", "8", "--learning-rate", "3e-3", "--batch-size", "16", "--max-length", "128",
         "--threads", "1", "--seed", "0", "--no-progress",
@@ -59,7 +59,10 @@ def test_train_rm_beats_chance_on_held_out_books_and_serves_the_same_scores(rewa
         reply = scoring.Compare(
             reward_pb2.CompareRequest(
                 model=MODEL,
-                pairs=[reward_pb2.ComparePair(prompt=p.prompt, completion_a=p.chosen, completion_b=p.rejected) for p in pairs],
+                pairs=[
+                    reward_pb2.ComparePair(prompt=p.prompt, completion_a=p.chosen, completion_b=p.rejected)
+                    for p in pairs
+                ],
             ),
             timeout=120,
         )

@@ -8,32 +8,33 @@ import torch
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
+from services.common.config import build
+from services.common.prompts import PromptRow
 from services.common.weight_stream import push_requests
 from services.trainer import metrics
 from services.trainer.config import TrainerConfig
-from services.trainer.data import PromptRow
 from services.trainer.loop import Trainer
 from services.trainer.rollout import Rollout, SamplingSettings, generate, sequence_logprobs
 
 pytestmark = pytest.mark.integration
 
 
-def tiny_config(policy_server, reward_server, tmp_path, **overrides) -> TrainerConfig:
-    settings = dict(
-        policy_address=policy_server.address,
-        reward_address=reward_server.address,
-        reward_model="length",
-        model=str(policy_server.model_dir),
-        output_dir=str(tmp_path / "run"),
-        steps=4,
-        prompts_per_step=2,
-        samples_per_prompt=3,
-        max_tokens=10,
-        learning_rate=1e-3,
-        micro_batch_size=8,
-    )
-    settings.update(overrides)
-    return TrainerConfig(**settings)
+def tiny_config(policy_server, reward_server, tmp_path, overrides: dict | None = None) -> TrainerConfig:
+    settings = {
+        "endpoints.policy": policy_server.address,
+        "endpoints.reward": reward_server.address,
+        "rewards.model": "length",
+        "model": str(policy_server.model_dir),
+        "run.output_dir": str(tmp_path / "run"),
+        "steps": 4,
+        "sampling.prompts_per_step": 2,
+        "sampling.samples_per_prompt": 3,
+        "sampling.max_tokens": 10,
+        "optimizer.learning_rate": 1e-3,
+        "optimizer.micro_batch_size": 8,
+    }
+    settings.update(overrides or {})
+    return build(TrainerConfig, settings)
 
 
 def staleness_count() -> float:
@@ -42,7 +43,7 @@ def staleness_count() -> float:
 
 def test_async_rollouts_overlap_and_log_staleness(policy_server, reward_server, tmp_path):
     counted = staleness_count()
-    trainer = Trainer(tiny_config(policy_server, reward_server, tmp_path, async_rollouts=True, max_staleness=1))
+    trainer = Trainer(tiny_config(policy_server, reward_server, tmp_path, {"async_rollouts": True, "max_staleness": 1}))
     try:
         summary = trainer.run()
     finally:
@@ -69,8 +70,16 @@ def test_async_rollouts_overlap_and_log_staleness(policy_server, reward_server, 
 
 def test_lora_partial_pushes_serve_the_trainers_weights(policy_server, reward_server, tmp_path):
     config = tiny_config(
-        policy_server, reward_server, tmp_path, steps=3, lora_rank=4, lora_targets=("q_proj", "v_proj"),
-        push_scope="changed", learning_rate=2e-2,
+        policy_server,
+        reward_server,
+        tmp_path,
+        {
+            "steps": 3,
+            "lora.rank": 4,
+            "lora.targets": ("q_proj", "v_proj"),
+            "push.scope": "changed",
+            "optimizer.learning_rate": 2e-2,
+        },
     )
     trainer = Trainer(config)
     try:

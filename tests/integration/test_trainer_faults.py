@@ -21,6 +21,7 @@ import requests
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
+from services.common.config import build
 from services.common.process import ServerProcess, free_port
 from services.loadtest.soak import RULES_TOML
 from services.trainer.config import TrainerConfig
@@ -50,7 +51,8 @@ def served_version(address: str) -> policy_pb2.GetStatusResponse:
 def generate_calls(metrics_url: str) -> float:
     text = requests.get(metrics_url, timeout=10).text
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
         if line.startswith("grpc_server_handled_total") and 'grpc_method="Generate"' in line
     )
 
@@ -69,14 +71,23 @@ class Stack:
 
     def launch_reward(self) -> ServerProcess:
         self.launches += 1
-        args = ["--port", str(self.reward_port), "--metrics-port", "0", "--models-file", str(self.root / "rewards.toml")]
+        args = [
+            "--port",
+            str(self.reward_port),
+            "--metrics-port",
+            "0",
+            "--models-file",
+            str(self.root / "rewards.toml"),
+        ]
         self.reward = ServerProcess("services.reward", args, self.root / f"reward-{self.launches}.log").launch()
         return self.reward
 
     def launch_policy(self, name: str) -> ServerProcess:
         self.launches += 1
         _, _, port, metrics_port = self.policy.get(name, (None, None, None, None))
-        process, address, port, metrics_port = launch_policy(self.model_dir, self.root / f"{name}-{self.launches}.log", port, metrics_port)
+        process, address, port, metrics_port = launch_policy(
+            self.model_dir, self.root / f"{name}-{self.launches}.log", port, metrics_port
+        )
         self.policy[name] = (process, address, port, metrics_port)
         return process
 
@@ -116,21 +127,24 @@ def stack(tiny_policy_dir, tmp_path):
 
 
 def test_trainer_rides_out_restarts_and_keeps_replicas_at_one_version(stack, tmp_path):
-    config = TrainerConfig(
-        policy_address=f"{stack.address('a')},{stack.address('b')}",
-        reward_address=stack.reward_address,
-        reward_model="length",
-        model=str(stack.model_dir),
-        output_dir=str(tmp_path / "run"),
-        steps=1000,  # stopped by the test
-        prompts_per_step=2,
-        samples_per_prompt=2,
-        max_tokens=8,
-        learning_rate=1e-4,
-        checkpoint_every=0,
-        rpc_retries=1,
-        replica_wait_s=300,
-        seed=3,
+    config = build(
+        TrainerConfig,
+        {
+            "endpoints.policy": f"{stack.address('a')},{stack.address('b')}",
+            "endpoints.reward": stack.reward_address,
+            "rewards.model": "length",
+            "model": str(stack.model_dir),
+            "run.output_dir": str(tmp_path / "run"),
+            "steps": 1000,  # stopped by the test
+            "sampling.prompts_per_step": 2,
+            "sampling.samples_per_prompt": 2,
+            "sampling.max_tokens": 8,
+            "optimizer.learning_rate": 1e-4,
+            "checkpoint_every": 0,
+            "endpoints.rpc_retries": 1,
+            "endpoints.replica_wait_s": 300,
+            "run.seed": 3,
+        },
     )
     trainer = Trainer(config)
     outcome: dict = {}
@@ -153,12 +167,19 @@ def test_trainer_rides_out_restarts_and_keeps_replicas_at_one_version(stack, tmp
         stack.launch_reward()
         stack.launch_policy("b")
         crashed_at = len(records)
-        wait_for(lambda: any("policy[1]" in " ".join(r["replicas_out_of_rotation"]) for r in records[crashed_at:]), 240,
-                 "a step that notices replica b is gone")
+        wait_for(
+            lambda: any("policy[1]" in " ".join(r["replicas_out_of_rotation"]) for r in records[crashed_at:]),
+            240,
+            "a step that notices replica b is gone",
+        )
         stack.wait("b")
         back_at = len(records)
         # b restarted with the checkpoint's weights (version 0); the trainer must catch it up, then use it again
-        caught_up = wait_for(lambda: [r for r in records[back_at:] if not r["replicas_out_of_rotation"]], 240, "replica b back in rotation")
+        caught_up = wait_for(
+            lambda: [r for r in records[back_at:] if not r["replicas_out_of_rotation"]],
+            240,
+            "replica b back in rotation",
+        )
         wait_for(lambda: generate_calls(stack.metrics_url("b")) > 0, 120, "generation on the restarted replica b")
 
         # 2. the whole policy service goes down (every replica): the trainer waits, then catches both up
@@ -170,8 +191,11 @@ def test_trainer_rides_out_restarts_and_keeps_replicas_at_one_version(stack, tmp
         stack.launch_policy("b")
         stack.wait("a")
         stack.wait("b")
-        wait_for(lambda: [r for r in records[before:] if not r["replicas_out_of_rotation"]] and len(records) >= before + 2, 300,
-                 "steps with both replicas after the full restart")
+        wait_for(
+            lambda: [r for r in records[before:] if not r["replicas_out_of_rotation"]] and len(records) >= before + 2,
+            300,
+            "steps with both replicas after the full restart",
+        )
     finally:
         trainer.request_stop()
         thread.join(300)
@@ -186,7 +210,9 @@ def test_trainer_rides_out_restarts_and_keeps_replicas_at_one_version(stack, tmp
     assert caught_up
     for name in ("a", "b"):
         status = served_version(stack.address(name))
-        assert status.weight_version == trainer.version, f"replica {name} serves {status.weight_version}, trainer at {trainer.version}"
+        assert status.weight_version == trainer.version, (
+            f"replica {name} serves {status.weight_version}, trainer at {trainer.version}"
+        )
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == steps
 
@@ -194,14 +220,36 @@ def test_trainer_rides_out_restarts_and_keeps_replicas_at_one_version(stack, tmp
 def test_a_sigkilled_trainer_resumes_without_losing_or_repeating_a_step(policy_server, reward_server, tmp_path):
     out = tmp_path / "run"
     flags = [
-        "--policy-address", policy_server.address, "--reward-address", reward_server.address, "--reward-model", "length",
-        "--model", str(policy_server.model_dir), "--output-dir", str(out), "--steps", "5", "--prompts-per-step", "2",
-        "--samples-per-prompt", "2", "--max-tokens", "8", "--checkpoint-every", "1", "--seed", "5",
+        "--endpoints.policy",
+        policy_server.address,
+        "--endpoints.reward",
+        reward_server.address,
+        "--rewards.model",
+        "length",
+        "--model",
+        str(policy_server.model_dir),
+        "--run.output-dir",
+        str(out),
+        "--steps",
+        "5",
+        "--sampling.prompts-per-step",
+        "2",
+        "--sampling.samples-per-prompt",
+        "2",
+        "--sampling.max-tokens",
+        "8",
+        "--checkpoint-every",
+        "1",
+        "--run.seed",
+        "5",
     ]
     command = [sys.executable, "-m", "services.trainer", "train", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     metrics = out / "metrics.jsonl"
-    logged = lambda: [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []  # noqa: E731
+
+    def logged() -> list[int]:
+        return [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+
     with open(tmp_path / "first.log", "wb") as log:
         first = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
@@ -212,7 +260,9 @@ def test_a_sigkilled_trainer_resumes_without_losing_or_repeating_a_step(policy_s
     assert first.returncode != 0
     killed_after = logged()
     with open(tmp_path / "second.log", "wb") as log:
-        second = subprocess.run([*command, "--resume", "latest"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+        second = subprocess.run(
+            [*command, "--resume", "latest"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600
+        )
     assert second.returncode == 0, (tmp_path / "second.log").read_text()[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     resumed_from = int(Path(summary["resumed_from"]).name.split("-")[1])

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from services.common.config import build
 from services.trainer.config import TrainerConfig
 from services.trainer.loop import Trainer
 
@@ -14,19 +15,22 @@ pytestmark = pytest.mark.integration
 
 
 def test_three_steps_push_a_new_version_each(policy_server, reward_server, tmp_path):
-    config = TrainerConfig(
-        policy_address=policy_server.address,
-        reward_address=reward_server.address,
-        reward_model="length",
-        model=str(policy_server.model_dir),
-        output_dir=str(tmp_path / "run"),
-        steps=3,
-        prompts_per_step=2,
-        samples_per_prompt=3,
-        max_tokens=12,
-        learning_rate=1e-3,
-        micro_batch_size=4,
-        push_chunk_mb=1.0,
+    config = build(
+        TrainerConfig,
+        {
+            "endpoints.policy": policy_server.address,
+            "endpoints.reward": reward_server.address,
+            "rewards.model": "length",
+            "model": str(policy_server.model_dir),
+            "run.output_dir": str(tmp_path / "run"),
+            "steps": 3,
+            "sampling.prompts_per_step": 2,
+            "sampling.samples_per_prompt": 3,
+            "sampling.max_tokens": 12,
+            "optimizer.learning_rate": 1e-3,
+            "optimizer.micro_batch_size": 4,
+            "push.chunk_mb": 1.0,
+        },
     )
     trainer = Trainer(config)
     try:

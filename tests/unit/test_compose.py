@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,25 +33,50 @@ GRPC_PORTS = {"policy": 50051, "policy-gpu": 50051, "reward": 50052}
 def _compose_binary() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed; `make test` installs it (apt-get install -y docker-compose)")
+        pytest.skip("docker-compose is not installed (`make system-deps` installs it as root if a mirror is reachable)")
     return binary
 
 
-SETTINGS = ("POLICY_REPLICAS", "REWARD_REPLICAS", "RLHF_WEIGHT_TRANSFER", "POLICY_GRPC_PORTS", "POLICY_METRICS_PORTS",
-            "REWARD_GRPC_PORTS", "REWARD_METRICS_PORTS", "POLICY_GPU_MEMORY_UTILIZATION")
+SETTINGS = (
+    "POLICY_REPLICAS",
+    "REWARD_REPLICAS",
+    "RLHF_WEIGHT_TRANSFER",
+    "POLICY_GRPC_PORTS",
+    "POLICY_METRICS_PORTS",
+    "REWARD_GRPC_PORTS",
+    "REWARD_METRICS_PORTS",
+    "POLICY_GPU_MEMORY_UTILIZATION",
+)
+
+
+TOKENS_FILE = ROOT / "deploy" / "auth" / "tokens.toml"
+TEST_TOKENS = {"RLHF_TOKEN_TRAINER": "trainer-secret-for-tests", "RLHF_TOKEN_APP": "app-secret-for-tests"}
+
+
+def _compose(*global_args: str, env_overrides: dict[str, str] | None = None, tokens: bool = True):
+    """`docker-compose config`, with the tokens from an env file (as a deployment's `.env` gives them)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COMPOSE_") and k not in SETTINGS and k not in TEST_TOKENS
+    }
+    env.update(env_overrides or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        env_file = Path(tmp) / "tokens.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in TEST_TOKENS.items()) if tokens else "")
+        return subprocess.run(
+            [_compose_binary(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *global_args, "config"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
 
 def _run_config(*global_args: str, env_overrides: dict[str, str] | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k not in SETTINGS}
-    env.update(env_overrides or {})
-    proc = subprocess.run(
-        [_compose_binary(), "-f", str(COMPOSE_FILE), *global_args, "config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _compose(*global_args, env_overrides=env_overrides)
     assert proc.returncode == 0, f"docker-compose config failed ({proc.returncode}):\n{proc.stderr}"
     parsed = yaml.safe_load(proc.stdout)
     assert isinstance(parsed, dict) and "services" in parsed, proc.stdout
@@ -154,8 +180,8 @@ def test_trainer_waits_for_healthy_policy_and_reward(gpu_config: dict, trainer: 
     command = service["command"]
     assert command[:4] == ["python", "-m", "services.trainer", "train"]
     # dns:/// makes the trainer drive every replica the service name resolves to
-    assert f"--policy-address=dns:///{policy}:50051" in command
-    assert "--reward-address=dns:///reward:50052" in command
+    assert f"--endpoints.policy=dns:///{policy}:50051" in command
+    assert "--endpoints.reward=dns:///reward:50052" in command
 
 
 def test_ports_published_on_loopback_only(gpu_config: dict) -> None:
@@ -185,9 +211,12 @@ def test_prometheus_scrapes_the_services() -> None:
         assert target in targets, f"job {job_name} does not scrape {target}"
     assert jobs["policy"]["scrape_interval"] == "5s"
     # vLLM's `vllm:*` series keep their names even when they arrive escaped as `vllm_*`.
-    assert {"source_labels": ["__name__"], "regex": "vllm_(.+)", "target_label": "__name__", "replacement": "vllm:$1"} in jobs[
-        "policy"
-    ]["metric_relabel_configs"]
+    assert {
+        "source_labels": ["__name__"],
+        "regex": "vllm_(.+)",
+        "target_label": "__name__",
+        "replacement": "vllm:$1",
+    } in jobs["policy"]["metric_relabel_configs"]
     assert jobs["reward"].get("scrape_interval", "15s") == "15s"
     assert jobs["trainer"].get("scrape_interval", "15s") == "15s"
 
@@ -208,14 +237,18 @@ def test_prometheus_config_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed; `make test` installs it (apt-get install -y prometheus)")
-    proc = subprocess.run([promtool, "check", "config", str(PROMETHEUS_FILE)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_FILE)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_dashboard(default_config: dict) -> None:
     grafana = default_config["services"]["grafana"]
     assert grafana["image"].startswith("grafana/grafana")
-    mounts = {target: (Path(source).resolve(), ro) for source, target, ro in _volume_pairs(grafana) if source.startswith("/")}
+    mounts = {
+        target: (Path(source).resolve(), ro) for source, target, ro in _volume_pairs(grafana) if source.startswith("/")
+    }
     assert mounts["/etc/grafana/provisioning"] == ((GRAFANA_DIR / "provisioning").resolve(), True)
     dashboards_target = next(t for t, (source, _) in mounts.items() if source == (GRAFANA_DIR / "dashboards").resolve())
     assert mounts[dashboards_target][1], "dashboards must be mounted read-only"
@@ -223,7 +256,9 @@ def test_grafana_is_provisioned_with_the_datasource_and_dashboard(default_config
 
     providers = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "rlhf.yml").read_text())["providers"]
     assert [p["options"]["path"] for p in providers] == [dashboards_target]
-    (datasource,) = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    (datasource,) = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     dashboard = json.loads(DASHBOARD_FILE.read_text())
     used = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
@@ -246,7 +281,9 @@ def _exposed_series() -> set[str]:
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
                 family = value.describe()[0]
-                suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}[family.type]
+                suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}[
+                    family.type
+                ]
                 names.update(family.name + suffix for suffix in suffixes)
     return names
 
@@ -296,9 +333,14 @@ def test_replica_counts_default_to_one_and_scale_from_the_environment(gpu_config
     for name in ("policy", "policy-gpu", "reward"):
         assert _replicas(services[name]) == 1, name
     scaled = _run_config(
-        "--profile", "gpu",
-        env_overrides={"POLICY_REPLICAS": "3", "REWARD_REPLICAS": "2", "POLICY_GRPC_PORTS": "50061-50063",
-                       "POLICY_METRICS_PORTS": "9111-9113"},
+        "--profile",
+        "gpu",
+        env_overrides={
+            "POLICY_REPLICAS": "3",
+            "REWARD_REPLICAS": "2",
+            "POLICY_GRPC_PORTS": "50061-50063",
+            "POLICY_METRICS_PORTS": "9111-9113",
+        },
     )["services"]
     assert [_replicas(scaled[n]) for n in ("policy", "policy-gpu", "reward")] == [3, 3, 2]
     # the GPU reservation survives next to the replica count
@@ -312,21 +354,60 @@ def test_replica_counts_default_to_one_and_scale_from_the_environment(gpu_config
 def test_gpu_weight_transfer_defaults_to_grpc_and_switches_both_ends(gpu_config: dict) -> None:
     services = gpu_config["services"]
     assert services["policy-gpu"]["environment"]["RLHF_POLICY_WEIGHT_TRANSFER"] == "grpc"
-    assert services["trainer-gpu"]["environment"]["RLHF_TRAINER_WEIGHT_TRANSFER"] == "grpc"
+    assert services["trainer-gpu"]["environment"]["RLHF_TRAINER_PUSH__WEIGHT_TRANSFER"] == "grpc"
     for name in ("policy", "trainer"):  # the CPU stack never asks for NCCL
         assert not any("WEIGHT_TRANSFER" in key for key in services[name]["environment"]), name
     nccl = _run_config("--profile", "gpu", env_overrides={"RLHF_WEIGHT_TRANSFER": "nccl"})["services"]
     assert nccl["policy-gpu"]["environment"]["RLHF_POLICY_WEIGHT_TRANSFER"] == "nccl"
     trainer_env = nccl["trainer-gpu"]["environment"]
-    assert trainer_env["RLHF_TRAINER_WEIGHT_TRANSFER"] == "nccl"
-    assert trainer_env["RLHF_TRAINER_NCCL_MASTER_PORT"] == "29600"
+    assert trainer_env["RLHF_TRAINER_PUSH__WEIGHT_TRANSFER"] == "nccl"
+    assert trainer_env["RLHF_TRAINER_PUSH__NCCL_MASTER_PORT"] == "29600"
     # the settings the compose file sets are real options of the services
+    from services.common.config import env_names
     from services.policy.config import PolicyConfig
     from services.trainer.config import TrainerConfig
 
     for prefix, config in (("RLHF_POLICY_", PolicyConfig), ("RLHF_TRAINER_", TrainerConfig)):
-        fields = {f.upper() for f in config.__dataclass_fields__}
+        known = env_names(config, prefix)
         for name in ("policy-gpu", "trainer-gpu"):
             for key in nccl[name]["environment"]:
                 if key.startswith(prefix):
-                    assert key[len(prefix):] in fields, f"{name}: {key} is no {config.__name__} option"
+                    assert key in known, f"{name}: {key} is no {config.__name__} option"
+
+
+AUTH_SERVERS = ("policy", "policy-gpu", "reward")
+
+
+@pytest.mark.parametrize("name", AUTH_SERVERS)
+def test_grpc_servers_require_the_tokens_of_the_env_file(gpu_config: dict, name: str) -> None:
+    service = gpu_config["services"][name]
+    assert "--auth-tokens-file=/etc/rlhf/tokens.toml" in service["command"]
+    mounts = {target: (Path(source).resolve(), ro) for source, target, ro in _volume_pairs(service)}
+    assert mounts["/etc/rlhf/tokens.toml"] == (TOKENS_FILE.resolve(), True)
+    for key, value in TEST_TOKENS.items():
+        assert service["environment"][key] == value, key
+    if name == "reward":
+        assert "--model-root=/models" in service["command"], "admin model loads must stay under /models"
+
+
+@pytest.mark.parametrize("name", ["trainer", "trainer-gpu"])
+def test_trainer_sends_its_admin_token(gpu_config: dict, name: str, monkeypatch) -> None:
+    from services.common.security import TokenAuthenticator
+
+    token = gpu_config["services"][name]["environment"]["RLHF_CLIENT_TOKEN"]
+    assert token == TEST_TOKENS["RLHF_TOKEN_TRAINER"]
+    for key, value in TEST_TOKENS.items():
+        monkeypatch.setenv(key, value)
+    auth = TokenAuthenticator.from_file(str(TOKENS_FILE))  # the file the servers mount, parsed for real
+    principal = auth.authenticate("/rlhf.v1.PolicyService/PushWeights", [("authorization", f"Bearer {token}")])
+    assert principal.name == "trainer"
+    app = [("authorization", f"Bearer {TEST_TOKENS['RLHF_TOKEN_APP']}")]
+    assert auth.authenticate("/rlhf.v1.PolicyService/Generate", app).name == "app"
+    with pytest.raises(Exception, match="lacks scope 'admin'"):
+        auth.authenticate("/rlhf.v1.PolicyService/PushWeights", app)
+
+
+def test_stack_does_not_start_without_tokens() -> None:
+    proc = _compose(tokens=False)
+    assert proc.returncode != 0
+    assert "set RLHF_TOKEN_TRAINER in .env" in proc.stderr or "set RLHF_TOKEN_APP in .env" in proc.stderr

@@ -35,7 +35,9 @@ def test_rows_are_well_formed(path: Path, count: int) -> None:
     for number, row in enumerate(rows, start=1):
         assert set(row) == {"prompt", "reference"}, f"{path.name}:{number}: keys {sorted(row)}"
         for key in ("prompt", "reference"):
-            assert isinstance(row[key], str) and row[key].strip() == row[key] and row[key], f"{path.name}:{number}: {key}"
+            assert isinstance(row[key], str) and row[key].strip() == row[key] and row[key], (
+                f"{path.name}:{number}: {key}"
+            )
         assert 10 <= len(row["prompt"]) <= 200, f"{path.name}:{number}: prompt length"
         assert 80 <= len(row["reference"]) <= 700, f"{path.name}:{number}: reference length"
         assert row["reference"].endswith((".", "!")), f"{path.name}:{number}: reference is not whole sentences"

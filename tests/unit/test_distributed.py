@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from services.common.config import build
 from services.trainer import distributed
 from services.trainer.config import TrainerConfig
 
@@ -37,17 +38,17 @@ def test_rows_split_evenly_and_gather_back_in_rank_order():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"lora_rank": 8}, "lora_rank"),
-        ({"algorithm": "ppo"}, "ppo"),
+        ({"lora.rank": 8}, "lora_rank"),
+        ({"objective.algorithm": "ppo"}, "ppo"),
         ({"resume": "latest"}, "resume"),
-        ({"prompts_per_step": 3, "samples_per_prompt": 3}, "divisible"),
+        ({"sampling.prompts_per_step": 3, "sampling.samples_per_prompt": 3}, "divisible"),
     ],
 )
 def test_config_rejects_what_sharding_does_not_support(monkeypatch, settings, message):
-    TrainerConfig(**settings).validate()  # fine in one process
+    build(TrainerConfig, settings)  # fine in one process
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=message):
-        TrainerConfig(**settings).validate()
+        build(TrainerConfig, settings)
 
 
 def test_single_process_helpers_pass_through():

@@ -34,7 +34,12 @@ def run_pairs(votes, calibration=None, settings=S):
 def test_duplicates_from_one_rater_collapse_to_the_latest():
     report = FilterReport()
     kept = collapse_duplicate_votes(
-        [vote("r", "a", "b", 1, source="ranking"), vote("r", "b", "a", 2), vote("r", "a", "b", 3), vote("q", "a", "b", 4)],
+        [
+            vote("r", "a", "b", 1, source="ranking"),
+            vote("r", "b", "a", 2),
+            vote("r", "a", "b", 3),
+            vote("q", "a", "b", 4),
+        ],
         report,
     )
     assert report.duplicates_collapsed == 2
@@ -48,7 +53,9 @@ def test_identical_items_are_dropped_and_counted():
 
 
 def test_contradiction_resolved_by_weighted_majority():
-    decisions, report = run_pairs([vote("r1", "a", "b", 1), vote("r2", "a", "b", 2), vote("r3", "b", "a", 3), vote("r4", "a", "b", 4)])
+    decisions, report = run_pairs(
+        [vote("r1", "a", "b", 1), vote("r2", "a", "b", 2), vote("r3", "b", "a", 3), vote("r4", "a", "b", 4)]
+    )
     assert report.contradictions_resolved == 1 and report.contradictions_dropped == 0
     (decision,) = decisions
     assert (decision.winner, decision.loser, decision.votes) == ("a", "b", 4)

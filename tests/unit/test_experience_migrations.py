@@ -36,8 +36,12 @@ def test_migrations_are_idempotent_and_keep_data(tmp_path):
     url = f"sqlite:///{tmp_path}/again.db"
     first = ExperienceStore.open(url)
     with first.engine.begin() as connection:
-        connection.execute(sa.text("INSERT INTO feedback (feedback_id, kind, rater_id, tenant, gold, prompt_key, sample_ids, "
-                                   "target_key, payload, created_at) VALUES ('f', 'comment', 'r', 't', 0, 'k', '[]', 'x', '{}', 1)"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO feedback (feedback_id, kind, rater_id, tenant, gold, prompt_key, sample_ids, "
+                "target_key, payload, created_at) VALUES ('f', 'comment', 'r', 't', 0, 'k', '[]', 'x', '{}', 1)"
+            )
+        )
     first.close()
     for _ in range(2):
         again = ExperienceStore.open(url)

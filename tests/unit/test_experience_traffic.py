@@ -32,8 +32,14 @@ def response(n: int = 2) -> policy_pb2.GenerateResponse:
     reply = policy_pb2.GenerateResponse()
     result = reply.results.add(prompt_token_ids=[1, 2, 3])
     for i in range(n):
-        result.samples.add(index=i, text=f"t{i}", token_ids=[10 + i], logprobs=[-0.25], weight_version=4,
-                           finish_reason=common_pb2.FINISH_REASON_STOP)
+        result.samples.add(
+            index=i,
+            text=f"t{i}",
+            token_ids=[10 + i],
+            logprobs=[-0.25],
+            weight_version=4,
+            finish_reason=common_pb2.FINISH_REASON_STOP,
+        )
     return reply
 
 
@@ -94,11 +100,27 @@ def test_stream_tap_stamps_ids_and_records_each_sample_once_when_finished():
     hook, sink = traffic()
     tap = hook.stream_tap(request(), Context(), [[1, 2, 3]])
     messages = [
-        policy_pb2.GenerateStreamResponse(prompt_index=0, sample_index=0, text_delta="a", token_ids=[1], logprobs=[-1.0], weight_version=2),
-        policy_pb2.GenerateStreamResponse(prompt_index=0, sample_index=1, text_delta="x", token_ids=[7], logprobs=[-2.0], weight_version=2,
-                                          finish_reason=common_pb2.FINISH_REASON_LENGTH),
-        policy_pb2.GenerateStreamResponse(prompt_index=0, sample_index=0, text_delta="b", token_ids=[2], logprobs=[-0.5], weight_version=2,
-                                          finish_reason=common_pb2.FINISH_REASON_STOP),
+        policy_pb2.GenerateStreamResponse(
+            prompt_index=0, sample_index=0, text_delta="a", token_ids=[1], logprobs=[-1.0], weight_version=2
+        ),
+        policy_pb2.GenerateStreamResponse(
+            prompt_index=0,
+            sample_index=1,
+            text_delta="x",
+            token_ids=[7],
+            logprobs=[-2.0],
+            weight_version=2,
+            finish_reason=common_pb2.FINISH_REASON_LENGTH,
+        ),
+        policy_pb2.GenerateStreamResponse(
+            prompt_index=0,
+            sample_index=0,
+            text_delta="b",
+            token_ids=[2],
+            logprobs=[-0.5],
+            weight_version=2,
+            finish_reason=common_pb2.FINISH_REASON_STOP,
+        ),
     ]
     for message in messages:
         tap.observe(message)
@@ -106,13 +128,20 @@ def test_stream_tap_stamps_ids_and_records_each_sample_once_when_finished():
     by_id = {r.sample_id: r for r in sink.records}
     assert len(sink.records) == 2
     first = by_id[messages[0].sample_id]
-    assert (first.completion_text, first.token_ids, first.logprobs, first.finish_reason) == ("ab", [1, 2], [-1.0, -0.5], "stop")
+    assert (first.completion_text, first.token_ids, first.logprobs, first.finish_reason) == (
+        "ab",
+        [1, 2],
+        [-1.0, -0.5],
+        "stop",
+    )
     assert first.prompt_token_ids == [1, 2, 3] and by_id[messages[1].sample_id].finish_reason == "length"
 
 
 def test_stream_tap_without_recording_still_stamps_ids():
     hook, sink = traffic()
     tap = hook.stream_tap(request(policy_pb2.RECORDING_MODE_OFF), Context(), [[1]])
-    message = policy_pb2.GenerateStreamResponse(prompt_index=0, sample_index=0, finish_reason=common_pb2.FINISH_REASON_STOP)
+    message = policy_pb2.GenerateStreamResponse(
+        prompt_index=0, sample_index=0, finish_reason=common_pb2.FINISH_REASON_STOP
+    )
     tap.observe(message)
     assert message.sample_id and sink.records == []

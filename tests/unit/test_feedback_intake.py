@@ -29,17 +29,26 @@ class Context:
 
 
 def sample(sample_id: str, prompt: list[int], text: str, tenant: str = "default") -> SampleRecord:
-    return SampleRecord(sample_id, "req", tenant, 0, 0, "prompt", True, prompt, text, [1, 2], [-0.1, -0.2], "stop", 3, time.time())
+    return SampleRecord(
+        sample_id, "req", tenant, 0, 0, "prompt", True, prompt, text, [1, 2], [-0.1, -0.2], "stop", 3, time.time()
+    )
 
 
 @pytest.fixture
 def servicer(tmp_path):
     store = ExperienceStore.open(f"sqlite:///{tmp_path}/experience.db")
-    store.record_samples([
-        sample("a1", [1, 2], "first answer"), sample("a2", [1, 2], "second answer"), sample("a3", [1, 2], "third answer"),
-        sample("b1", [3, 4], "other prompt"), sample("x1", [1, 2], "their answer", tenant="other-team"),
-    ])
-    servicer = FeedbackServicer(store, FeedbackIntake(store, IntakeSettings(rate_limit=3, rate_window_s=60)), Curator(store), threads=2)
+    store.record_samples(
+        [
+            sample("a1", [1, 2], "first answer"),
+            sample("a2", [1, 2], "second answer"),
+            sample("a3", [1, 2], "third answer"),
+            sample("b1", [3, 4], "other prompt"),
+            sample("x1", [1, 2], "their answer", tenant="other-team"),
+        ]
+    )
+    servicer = FeedbackServicer(
+        store, FeedbackIntake(store, IntakeSettings(rate_limit=3, rate_window_s=60)), Curator(store), threads=2
+    )
     yield servicer
     servicer.close()
     store.close()
@@ -68,17 +77,29 @@ def test_every_kind_is_stored_and_exported_as_submitted(servicer):
     assert [r.cursor for r in replies] == [1, 2, 3, 4, 5, 6]
     assert len({r.feedback_id for r in replies}) == 6
     export = call(servicer.ExportFeedback, fb.ExportFeedbackRequest())
-    assert [r.body.WhichOneof("kind") for r in export.records] == ["rating", "thumbs", "pairwise", "ranking", "correction", "comment"]
+    assert [r.body.WhichOneof("kind") for r in export.records] == [
+        "rating",
+        "thumbs",
+        "pairwise",
+        "ranking",
+        "correction",
+        "comment",
+    ]
     rating = export.records[0].body.rating
     assert (rating.value, rating.scale_min, rating.scale_max) == (4, 1, 5)  # server default scale filled in
     assert list(export.records[3].body.ranking.sample_ids) == ["a3", "a1", "a2"]
     assert export.next_cursor == 6 and not export.has_more and export.records[0].tenant == "default"
 
-    page = call(servicer.ExportFeedback, fb.ExportFeedbackRequest(since_cursor=2, limit=2, kinds=[fb.FEEDBACK_KIND_PAIRWISE, fb.FEEDBACK_KIND_COMMENT]))
+    page = call(
+        servicer.ExportFeedback,
+        fb.ExportFeedbackRequest(since_cursor=2, limit=2, kinds=[fb.FEEDBACK_KIND_PAIRWISE, fb.FEEDBACK_KIND_COMMENT]),
+    )
     assert [r.cursor for r in page.records] == [3, 6] and not page.has_more
     page = call(servicer.ExportFeedback, fb.ExportFeedbackRequest(limit=1))
     assert page.has_more and page.next_cursor == 1
-    assert [r.rater_id for r in call(servicer.ExportFeedback, fb.ExportFeedbackRequest(rater_id="r4")).records] == ["r4"]
+    assert [r.rater_id for r in call(servicer.ExportFeedback, fb.ExportFeedbackRequest(rater_id="r4")).records] == [
+        "r4"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -86,19 +107,39 @@ def test_every_kind_is_stored_and_exported_as_submitted(servicer):
     [
         ({"rating": fb.Rating(sample_id="a1", value=6)}, InvalidArgument, r"value 6.0 is outside the scale \[1, 5\]"),
         ({"rating": fb.Rating(sample_id="a1", value=0.5, scale_min=0, scale_max=1)}, None, None),
-        ({"rating": fb.Rating(sample_id="a1", value=1, scale_min=2, scale_max=1)}, InvalidArgument, "scale_min < scale_max"),
+        (
+            {"rating": fb.Rating(sample_id="a1", value=1, scale_min=2, scale_max=1)},
+            InvalidArgument,
+            "scale_min < scale_max",
+        ),
         ({"rating": fb.Rating(sample_id="a1", value=float("nan"))}, InvalidArgument, "outside the scale"),
         ({"thumbs": fb.Thumbs(sample_id="nope", up=True)}, NotFound, "no recorded sample 'nope'"),
         ({"thumbs": fb.Thumbs(sample_id="x1", up=True)}, NotFound, "no recorded sample 'x1' for tenant 'default'"),
         ({"thumbs": fb.Thumbs(sample_id="bad id!", up=True)}, InvalidArgument, "must be a sample id"),
-        ({"pairwise": fb.PairwiseChoice(chosen_sample_id="a1", rejected_sample_id="b1")}, InvalidArgument, "answer different prompts"),
-        ({"pairwise": fb.PairwiseChoice(chosen_sample_id="a1", rejected_sample_id="a1")}, InvalidArgument, "the same sample"),
+        (
+            {"pairwise": fb.PairwiseChoice(chosen_sample_id="a1", rejected_sample_id="b1")},
+            InvalidArgument,
+            "answer different prompts",
+        ),
+        (
+            {"pairwise": fb.PairwiseChoice(chosen_sample_id="a1", rejected_sample_id="a1")},
+            InvalidArgument,
+            "the same sample",
+        ),
         ({"ranking": fb.Ranking(sample_ids=["a1"])}, InvalidArgument, "give 2 to 16 sample ids, got 1"),
         ({"ranking": fb.Ranking(sample_ids=["a1", "a2", "a1"])}, InvalidArgument, "more than once"),
         ({"ranking": fb.Ranking(sample_ids=["a1", "b1"])}, InvalidArgument, "different prompts"),
         ({"correction": fb.Correction(sample_id="a1", corrected_text="first answer")}, InvalidArgument, "identical"),
-        ({"correction": fb.Correction(sample_id="a1", corrected_text="  ")}, InvalidArgument, "corrected_text is empty"),
-        ({"comment": fb.Comment(sample_id="a1", text="x" * 16385)}, InvalidArgument, "16385 characters > max_text_chars=16384"),
+        (
+            {"correction": fb.Correction(sample_id="a1", corrected_text="  ")},
+            InvalidArgument,
+            "corrected_text is empty",
+        ),
+        (
+            {"comment": fb.Comment(sample_id="a1", text="x" * 16385)},
+            InvalidArgument,
+            "16385 characters > max_text_chars=16384",
+        ),
         ({}, InvalidArgument, "give exactly one of"),
     ],
 )
@@ -119,8 +160,12 @@ def test_rater_id_is_checked(servicer):
 def test_duplicates_are_already_exists_naming_the_first(servicer):
     first = submit(servicer, pairwise=fb.PairwiseChoice(chosen_sample_id="a1", rejected_sample_id="a2"))
     with pytest.raises(AlreadyExists, match=first.feedback_id):
-        submit(servicer, pairwise=fb.PairwiseChoice(chosen_sample_id="a2", rejected_sample_id="a1"))  # flipped: same samples
-    submit(servicer, rater="bob", pairwise=fb.PairwiseChoice(chosen_sample_id="a2", rejected_sample_id="a1"))  # other rater: fine
+        submit(
+            servicer, pairwise=fb.PairwiseChoice(chosen_sample_id="a2", rejected_sample_id="a1")
+        )  # flipped: same samples
+    submit(
+        servicer, rater="bob", pairwise=fb.PairwiseChoice(chosen_sample_id="a2", rejected_sample_id="a1")
+    )  # other rater: fine
     submit(servicer, thumbs=fb.Thumbs(sample_id="a1", up=True))
     submit(servicer, rating=fb.Rating(sample_id="a1", value=5))  # other kind on the same sample: fine
     stats = call(servicer.GetStats, fb.GetStatsRequest())
@@ -162,7 +207,9 @@ def test_preferences_ratings_and_prompts_for_trainers(servicer):
     reply = call(servicer.ListPreferences, fb.ListPreferencesRequest())
     pairs = {(p.chosen_text, p.rejected_text): p for p in reply.pairs}
     assert set(pairs) == {
-        ("first answer", "second answer"), ("first answer", "third answer"), ("third answer", "second answer"),
+        ("first answer", "second answer"),
+        ("first answer", "third answer"),
+        ("third answer", "second answer"),
         ("the best answer", "third answer"),
     }
     top = pairs[("first answer", "second answer")]

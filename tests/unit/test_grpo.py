@@ -47,14 +47,18 @@ def test_loss_has_a_gradient_path_to_the_policy():
 def test_clipping_by_hand():
     # ratio e^0.5 ~ 1.65 > 1.2 with positive advantage: clipped to 1.2 * A, no gradient
     logp = torch.tensor([[0.5]], requires_grad=True)
-    parts = clipped_loss(logp, torch.zeros(1, 1), torch.tensor([[0.5]]), torch.tensor([2.0]), torch.ones(1, 1), 0.2, 0.0)
+    parts = clipped_loss(
+        logp, torch.zeros(1, 1), torch.tensor([[0.5]]), torch.tensor([2.0]), torch.ones(1, 1), 0.2, 0.0
+    )
     assert parts.loss.item() == pytest.approx(-1.2 * 2.0)
     assert parts.clip_fraction == 1.0
     parts.loss.backward()
     assert logp.grad.abs().item() == 0.0
     # with a negative advantage the unclipped (worse) term is taken: -(1.65 * -2)
     logp2 = torch.tensor([[0.5]], requires_grad=True)
-    parts = clipped_loss(logp2, torch.zeros(1, 1), torch.tensor([[0.5]]), torch.tensor([-2.0]), torch.ones(1, 1), 0.2, 0.0)
+    parts = clipped_loss(
+        logp2, torch.zeros(1, 1), torch.tensor([[0.5]]), torch.tensor([-2.0]), torch.ones(1, 1), 0.2, 0.0
+    )
     assert parts.loss.item() == pytest.approx(math.exp(0.5) * 2.0, rel=1e-5)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from services.common.config import load_config
+from services.common.config import env_names, load_config
 from services.policy.config import PolicyConfig
 from services.reward.config import RewardConfig
 from services.trainer.config import TrainerConfig
@@ -118,16 +120,66 @@ def test_trainer_reaches_every_replica_and_offers_the_nccl_rendezvous(objects):
     config = _parsed(container, TrainerConfig, "RLHF_TRAINER_", 4)
     policy_port = PolicyConfig().port
     reward_port = RewardConfig().port
-    assert config.policy_address == f"dns:///policy:{policy_port}"
-    assert config.reward_address == f"dns:///reward:{reward_port}"
-    assert config.weight_transfer == "grpc"
+    assert config.endpoints.policy == f"dns:///policy:{policy_port}"
+    assert config.endpoints.reward == f"dns:///reward:{reward_port}"
+    assert config.push.weight_transfer == "grpc"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"metrics": config.metrics_port, "nccl": config.nccl_master_port}
-    (address_env,) = [e for e in container["env"] if e["name"] == "RLHF_TRAINER_NCCL_MASTER_ADDRESS"]
+    assert ports == {"metrics": config.run.metrics_port, "nccl": config.push.nccl_master_port}
+    (address_env,) = [e for e in container["env"] if e["name"] == "RLHF_TRAINER_PUSH__NCCL_MASTER_ADDRESS"]
+    assert address_env["name"] in env_names(TrainerConfig, "RLHF_TRAINER_")
     assert address_env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     annotations = job["spec"]["template"]["metadata"]["annotations"]
-    assert int(annotations["prometheus.io/port"]) == config.metrics_port
+    assert int(annotations["prometheus.io/port"]) == config.run.metrics_port
     claim = next(v for v in spec["volumes"] if v["name"] == "runs")["persistentVolumeClaim"]["claimName"]
     assert ("PersistentVolumeClaim", claim) in objects
     assert any(m["mountPath"] == "/runs" for m in container["volumeMounts"])
-    assert config.output_dir.startswith("/runs/")
+    assert config.run.output_dir.startswith("/runs/")
+
+
+AUTH_TOKENS_FILE = K8S.parents[0] / "auth" / "tokens.toml"
+AUTH_SERVERS = {"policy": (PolicyConfig, "RLHF_POLICY_"), "reward": (RewardConfig, "RLHF_REWARD_")}
+
+
+def _documents() -> list[tuple[str, dict]]:
+    paths = sorted(K8S.glob("*.yaml"))
+    return [(path.name, doc) for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+@pytest.mark.parametrize(("name", "doc"), _documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_manifests_match_the_kubernetes_api_schemas(name, doc):
+    """Every object against the API's OpenAPI schemas (offline, strict: unknown fields fail too)."""
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def _secret_env(container: dict) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("name", sorted(AUTH_SERVERS))
+def test_grpc_servers_require_tokens_from_the_secret(objects, name):
+    config_cls, prefix = AUTH_SERVERS[name]
+    deployment = objects[("Deployment", name)]
+    container = _container(deployment)
+    config = _parsed(container, config_cls, prefix, 3)
+    assert config.auth_tokens_file == "/etc/rlhf/tokens.toml" and not config.insecure
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/rlhf")
+    assert mount.get("readOnly") is True
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    config_map = objects[("ConfigMap", volume["configMap"]["name"])]
+    carried = config_map["data"]["tokens.toml"]
+    assert carried == AUTH_TOKENS_FILE.read_text(), "auth.yaml must carry deploy/auth/tokens.toml"
+    declared = {entry["token_env"] for entry in tomllib.loads(config_map["data"]["tokens.toml"])["tokens"]}
+    assert _secret_env(container) == {env: ("rlhf-tokens", env) for env in declared}
+    if name == "reward":
+        assert config.model_root == "/models", "admin LoadModel must be confined to the model directory"
+
+
+def test_trainer_takes_its_admin_token_from_the_secret(objects):
+    container = _container(objects[("Job", "trainer")])
+    assert _secret_env(container)["RLHF_CLIENT_TOKEN"] == ("rlhf-tokens", "RLHF_TOKEN_TRAINER")
+    trainer = next(e for e in tomllib.loads(AUTH_TOKENS_FILE.read_text())["tokens"] if e["name"] == "trainer")
+    assert trainer["token_env"] == "RLHF_TOKEN_TRAINER" and "admin" in trainer["scopes"]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from services.loadtest.arrivals import arrival_gaps, arrival_times
+from services.common.arrivals import arrival_gaps, arrival_times
 
 
 def _take(rate: float, burstiness: float, seed: int, n: int) -> np.ndarray:

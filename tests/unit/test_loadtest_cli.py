@@ -51,8 +51,13 @@ def test_sweeps() -> None:
 def _level(concurrency: int, scale: float) -> dict:
     results = [
         RequestResult(
-            started=0, success=True, ttft=0.05 * scale, itl=(0.01 * scale,) * 4, e2el=0.09 * scale,
-            input_tokens=8, output_tokens=5,
+            started=0,
+            success=True,
+            ttft=0.05 * scale,
+            itl=(0.01 * scale,) * 4,
+            e2el=0.09 * scale,
+            input_tokens=8,
+            output_tokens=5,
         )
         for _ in range(10)
     ]
@@ -64,7 +69,13 @@ def _level(concurrency: int, scale: float) -> dict:
 def test_report_tables() -> None:
     level = _level(4, 1.0)
     table = format_report(level, (50, 90, 99))
-    for expected in ("Successful requests:", "Mean TTFT (ms):", "P99 ITL (ms):", "Median E2EL (ms):", "DEADLINE_EXCEEDED:"):
+    for expected in (
+        "Successful requests:",
+        "Mean TTFT (ms):",
+        "P99 ITL (ms):",
+        "Median E2EL (ms):",
+        "DEADLINE_EXCEEDED:",
+    ):
         assert expected in table
     assert "50.00" in table  # the 50 ms TTFT
     sweep = format_sweep([_level(1, 1.0), _level(4, 2.0)])

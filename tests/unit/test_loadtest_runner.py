@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.loadtest.arrivals import arrival_times
+from services.common.arrivals import arrival_times
 from services.loadtest.runner import Bounds, LoadShape, run_load, warm_up
 from services.loadtest.summary import RequestResult
 

@@ -10,7 +10,9 @@ import pytest
 from services.loadtest.summary import RequestResult, parse_goodput, parse_percentiles, summarize
 
 # Three successes (3, 2 and 1 output tokens) and one failure; times in seconds.
-A = RequestResult(started=0.0, success=True, ttft=0.100, itl=(0.020, 0.030), e2el=0.150, input_tokens=10, output_tokens=3)
+A = RequestResult(
+    started=0.0, success=True, ttft=0.100, itl=(0.020, 0.030), e2el=0.150, input_tokens=10, output_tokens=3
+)
 B = RequestResult(started=0.1, success=True, ttft=0.200, itl=(0.040,), e2el=0.240, input_tokens=20, output_tokens=2)
 D = RequestResult(started=0.2, success=True, ttft=0.050, itl=(), e2el=0.050, input_tokens=5, output_tokens=1)
 FAILED = RequestResult(started=0.3, success=False, e2el=0.010, error="UNAVAILABLE", detail="engine starting")
@@ -41,7 +43,9 @@ def test_latency_statistics_in_milliseconds() -> None:
     assert report["mean_ttft_ms"] == pytest.approx((100 + 200 + 50) / 3)
     assert report["median_ttft_ms"] == pytest.approx(100)
     mean = 350 / 3
-    assert report["std_ttft_ms"] == pytest.approx(math.sqrt(((100 - mean) ** 2 + (200 - mean) ** 2 + (50 - mean) ** 2) / 3))
+    assert report["std_ttft_ms"] == pytest.approx(
+        math.sqrt(((100 - mean) ** 2 + (200 - mean) ** 2 + (50 - mean) ** 2) / 3)
+    )
     # ITL pools every request's gaps: [20, 30, 40].
     assert report["mean_itl_ms"] == pytest.approx(30)
     assert report["p90_itl_ms"] == pytest.approx(38)  # linear interpolation, as numpy and vLLM
@@ -121,11 +125,19 @@ def test_matches_vllm_bench_serve_on_random_timings() -> None:
         success = i % 9 != 0
         ours.append(
             RequestResult(
-                started=0, success=success, ttft=ttft, itl=tuple(itl), e2el=e2el, input_tokens=7,
-                output_tokens=tokens, error="" if success else "INTERNAL",
+                started=0,
+                success=success,
+                ttft=ttft,
+                itl=tuple(itl),
+                e2el=e2el,
+                input_tokens=7,
+                output_tokens=tokens,
+                error="" if success else "INTERNAL",
             )
         )
-        theirs.append(RequestFuncOutput(success=success, latency=e2el, output_tokens=tokens, ttft=ttft, itl=itl, prompt_len=7))
+        theirs.append(
+            RequestFuncOutput(success=success, latency=e2el, output_tokens=tokens, ttft=ttft, itl=itl, prompt_len=7)
+        )
     slos = {"ttft": 300.0, "tpot": 40.0, "e2el": 700.0}
     metrics, _ = serve.calculate_metrics([], theirs, 3.0, None, [50, 90, 99], slos)
     report = summarize(ours, duration_s=3.0, percentiles=(50, 90, 99), slos=slos)
@@ -135,6 +147,9 @@ def test_matches_vllm_bench_serve_on_random_timings() -> None:
     assert report["total_output_tokens"] == metrics.total_output
     for metric in ("ttft", "tpot", "itl", "e2el"):
         for stat in ("mean", "median", "std"):
-            assert report[f"{stat}_{metric}_ms"] == pytest.approx(getattr(metrics, f"{stat}_{metric}_ms")), (stat, metric)
+            assert report[f"{stat}_{metric}_ms"] == pytest.approx(getattr(metrics, f"{stat}_{metric}_ms")), (
+                stat,
+                metric,
+            )
         for p, value in getattr(metrics, f"percentiles_{metric}_ms"):
             assert report[f"p{int(p)}_{metric}_ms"] == pytest.approx(value), (p, metric)

@@ -1,11 +1,12 @@
-"""The NCCL weight path without a GPU: vLLM's real trainer engine and our gRPC control plane, NCCL faked at its boundary.
+"""The NCCL weight path without a GPU: vLLM's real trainer engine and our control plane, NCCL faked at its boundary.
 
 vLLM's `NCCLTrainerWeightTransferEngine` runs unchanged; only the two calls
 that touch NCCL (`open_trainer_endpoint`, the packed broadcast) are replaced by
 an in-process pipe, and the policy engine's vLLM calls by a fake that reads
-from that pipe. Everything else is real: the gRPC server with the service
-interceptor (status codes), the servicer's version gate and push lock, the
-trainer-side client mapping vLLM's four calls onto our RPCs.
+from that pipe. Everything else is real and in-process, with no gRPC server:
+the servicer and its `WeightManager` (version gate, push lock, reservation),
+errors mapped to the interceptor's status codes (tests/support/local_policy.py),
+the trainer-side client mapping vLLM's four calls onto our RPCs.
 """
 
 from __future__ import annotations
@@ -13,23 +14,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
-from rlhf.v1 import policy_pb2, policy_pb2_grpc
+from rlhf.v1 import policy_pb2
 from services.common.errors import InvalidArgument
-from services.common.interceptor import ServiceInterceptor
-from services.common.weight_stream import TensorSpec, fused_groups_for
+from services.common.sections import Push
+from services.common.weight_stream import (
+    PushAssembler,
+    TensorSpec,
+    fused_groups_for,
+    push_begin,
+    push_requests,
+    weights_digest,
+)
 from services.policy.config import PolicyConfig
 from services.policy.nccl_push import check_init, check_tensors
-from services.policy.sampling import Limits
-from services.policy.server import PolicyServicer
-from services.policy.weight_history import UnknownVersion, WeightHistory
+from services.policy.weight_history import Origin, UnknownVersion, WeightHistory
 from services.trainer import lora, nccl_push
 from services.trainer.config import TrainerConfig
+from tests.support.local_policy import LocalPolicy
 
 vllm_nccl = pytest.importorskip("vllm.distributed.weight_transfer.nccl_engine")
 
@@ -45,7 +51,7 @@ def _weights(scale: float = 1.0) -> list[tuple[str, torch.Tensor]]:
 
 def _begin_request(tensors, expected=None, version=None, note="step") -> policy_pb2.BeginNcclPushRequest:
     return policy_pb2.BeginNcclPushRequest(
-        begin=nccl_push.push_begin(tensors, expected, note, version), tensors=nccl_push.tensor_list(tensors)
+        begin=push_begin(tensors, expected, note, version), tensors=nccl_push.tensor_list(tensors)
     )
 
 
@@ -67,7 +73,7 @@ def test_declaration_names_dtypes_shapes_and_bytes():
 
 
 def test_check_tensors_gives_vllm_update_info():
-    info = check_tensors(_begin_request(_weights()), MANIFEST, 10**6, None)
+    info = check_tensors(_begin_request(_weights()), MANIFEST, 10**6, None).update_info
     assert info == {"names": ["a.weight", "b.bias"], "dtype_names": ["float32", "bfloat16"], "shapes": [[4, 3], [5]]}
     # the dict is exactly what vLLM's worker engine parses
     parsed = vllm_nccl.NCCLWeightTransferUpdateInfo(**info)
@@ -81,8 +87,8 @@ def test_check_tensors_gives_vllm_update_info():
         (lambda r: r.tensors[0].shape.__setitem__(0, 5), r"shape \(5, 3\) does not match .*\(4, 3\)"),
         (lambda r: setattr(r.tensors[1], "dtype", "int8"), "dtype must be one of"),
         (lambda r: setattr(r.tensors[1], "name", "a.weight"), "declared twice"),
-        (lambda r: setattr(r.begin, "num_tensors", 3), "declares 3 tensors but the list has 2"),
-        (lambda r: setattr(r.begin, "total_bytes", 1), "declares 1 bytes but the listed tensors hold 58"),
+        (lambda r: setattr(r.begin, "num_tensors", 3), "declares 3 tensors but carries 2"),
+        (lambda r: setattr(r.begin, "total_bytes", 1), "declares 1 bytes but its tensors hold 58"),
         (lambda r: r.CopyFrom(_begin_request(_weights()[:1])), "misses 1 of the model's tensors"),
         (lambda r: setattr(r.begin, "note", "x" * 257), "at most 256"),
     ],
@@ -105,7 +111,12 @@ def test_check_init_maps_to_vllm_init_info():
     )
     info = check_init(request, workers=2)
     parsed = vllm_nccl.NCCLWeightTransferInitInfo(**info)  # vLLM's worker-side parser accepts it
-    assert (parsed.master_address, parsed.master_port, parsed.rank_offset, parsed.world_size) == ("10.0.0.5", 29600, 1, 3)
+    assert (parsed.master_address, parsed.master_port, parsed.rank_offset, parsed.world_size) == (
+        "10.0.0.5",
+        29600,
+        1,
+        3,
+    )
     assert parsed.packed and "packed_buffer_size_bytes" not in info  # 0 means vLLM's default
     for field, value, message in [
         ("world_size", 2, "no room for this server's 2 workers"),
@@ -127,8 +138,15 @@ def test_trainer_tensors_match_the_served_checkpoint(tmp_path):
     from services.policy.weight_staging import read_manifest
 
     def tiny(hidden: int) -> LlamaForCausalLM:
-        config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=hidden,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
         return LlamaForCausalLM(config)
 
     served = tiny(16)
@@ -137,7 +155,7 @@ def test_trainer_tensors_match_the_served_checkpoint(tmp_path):
     tensors = [(n, t.to(torch.bfloat16)) for n, t in lora.merged_tensors(served)]
     request = _begin_request(tensors)
     for groups in (None, fused_groups_for("llama")):
-        info = check_tensors(request, manifest, 10**9, groups)
+        info = check_tensors(request, manifest, 10**9, groups).update_info
         assert set(info["names"]) == set(manifest) and set(info["dtype_names"]) == {"bfloat16"}
     other = [(n, t.to(torch.bfloat16)) for n, t in lora.merged_tensors(tiny(32))]
     with pytest.raises(InvalidArgument, match="does not match the served model"):
@@ -170,9 +188,9 @@ def test_policy_engine_refuses_nccl_without_cuda_and_asks_vllm_for_it_with(monke
 
 
 def test_trainer_config_weight_transfer_choices():
-    assert TrainerConfig().weight_transfer == "grpc"
+    assert TrainerConfig().push.weight_transfer == "grpc"
     with pytest.raises(ValueError, match="weight_transfer must be one of"):
-        TrainerConfig(weight_transfer="rdma").validate()
+        TrainerConfig(push=Push(weight_transfer="rdma"))
 
 
 class _Replica:
@@ -182,7 +200,7 @@ class _Replica:
 
 def test_trainer_refuses_nccl_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    config = TrainerConfig(weight_transfer="nccl")
+    config = TrainerConfig(push=Push(weight_transfer="nccl"))
     status = policy_pb2.GetStatusResponse(weight_transfer="nccl", transfer_workers=1)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU on the trainer"):
         nccl_push.open_pusher(config, [_Replica()], status)
@@ -194,7 +212,7 @@ def test_trainer_falls_back_to_grpc(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     opened = []
     monkeypatch.setattr(vllm_nccl, "open_trainer_endpoint", lambda info: opened.append(info))
-    config = TrainerConfig(weight_transfer="nccl")
+    config = TrainerConfig(push=Push(weight_transfer="nccl"))
     with caplog.at_level(logging.WARNING, logger="services.trainer.nccl_push"):
         grpc_only = policy_pb2.GetStatusResponse(weight_transfer="grpc")
         assert nccl_push.open_pusher(config, [_Replica()], grpc_only) is None
@@ -264,39 +282,10 @@ class FakeEngine:
         pass
 
 
-class PolicyServer:
-    """A PolicyServicer on a loopback gRPC port, its event loop on a thread."""
-
-    def __init__(self, engine, weight_transfer: str, tmp_path: Path, reserve_s: float = 30.0) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servicer, self.port = self._call(self._start(engine, weight_transfer, tmp_path, reserve_s))
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
-
-    async def _start(self, engine, weight_transfer, tmp_path, reserve_s):
-        servicer = PolicyServicer(
-            engine=engine, tokenizer=None, limits=Limits(1, 1, 1, 2, 10), manifest=MANIFEST, staging=tmp_path,
-            max_push_bytes=10**6, drain_timeout_s=1, model_name="m",
-            history=WeightHistory({"a.weight": tmp_path / "ckpt", "b.bias": tmp_path / "ckpt"}, keep=2),
-            weight_transfer=weight_transfer, nccl_reserve_timeout_s=reserve_s,
-        )
-        servicer.mark_serving()
-        self.server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-        policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        await self.server.start()
-        return servicer, port
-
-    def close(self) -> None:
-        self.channel.close()
-        self._call(self.server.stop(None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+def PolicyServer(engine, weight_transfer: str, tmp_path, reserve_s: float = 30.0) -> LocalPolicy:
+    """The servicer over a real WeightManager, in-process (no gRPC server); `.stub` calls it like a gRPC stub."""
+    history = WeightHistory({"a.weight": tmp_path / "ckpt", "b.bias": tmp_path / "ckpt"}, keep=2)
+    return LocalPolicy(engine, MANIFEST, tmp_path, history, weight_transfer, reserve_s)
 
 
 @pytest.fixture
@@ -315,7 +304,7 @@ def nccl_server(fake_nccl, tmp_path):
     server.close()
 
 
-def _connect(server: PolicyServer) -> nccl_push.NcclWeightPusher:
+def _connect(server: LocalPolicy) -> nccl_push.NcclWeightPusher:
     status = server.stub.GetStatus(policy_pb2.GetStatusRequest())
     settings = nccl_push.NcclSettings(master_address="127.0.0.1", master_port=29611)
     pusher = nccl_push.NcclWeightPusher.connect(server.stub, status, settings, timeout_s=30, device="cpu")
@@ -329,8 +318,12 @@ def test_server_configured_grpc_refuses_the_nccl_rpcs(tmp_path):
         status = server.stub.GetStatus(policy_pb2.GetStatusRequest())
         assert status.weight_transfer == "grpc" and status.transfer_workers == 0
         calls = [
-            (server.stub.InitWeightTransfer, policy_pb2.InitWeightTransferRequest(
-                master_address="127.0.0.1", master_port=1, world_size=2, rank_offset=1)),
+            (
+                server.stub.InitWeightTransfer,
+                policy_pb2.InitWeightTransferRequest(
+                    master_address="127.0.0.1", master_port=1, world_size=2, rank_offset=1
+                ),
+            ),
             (server.stub.BeginNcclPush, _begin_request(_weights())),
         ]
         for rpc, request in calls:
@@ -351,23 +344,37 @@ def test_push_before_init_is_refused(nccl_server):
 
 def test_nccl_push_goes_through_the_version_gate(nccl_server, fake_nccl):
     pusher = _connect(nccl_server)
-    engine = nccl_server.servicer.engine
+    engine = nccl_server.weights.engine
     assert engine.init_infos == [
-        {"master_address": "127.0.0.1", "master_port": 29611, "rank_offset": 1, "world_size": 2, "packed": True,
-         "packed_buffer_size_bytes": vllm_nccl.DEFAULT_PACKED_BUFFER_SIZE_BYTES,
-         "packed_num_buffers": vllm_nccl.DEFAULT_PACKED_NUM_BUFFERS}
+        {
+            "master_address": "127.0.0.1",
+            "master_port": 29611,
+            "rank_offset": 1,
+            "world_size": 2,
+            "packed": True,
+            "packed_buffer_size_bytes": vllm_nccl.DEFAULT_PACKED_BUFFER_SIZE_BYTES,
+            "packed_num_buffers": vllm_nccl.DEFAULT_PACKED_NUM_BUFFERS,
+        }
     ]
     assert fake_nccl.endpoints[0].world_size == 2
 
     reply = pusher.push(_weights(2.0), expected_version=0, note="trainer step 1")
     assert (reply.weight_version, reply.previous_version, reply.num_tensors) == (1, 0, 2)
     assert reply.total_bytes == 12 * 4 + 5 * 2
-    assert engine.updates[-1] == {"names": ["a.weight", "b.bias"], "dtype_names": ["float32", "bfloat16"], "shapes": [[4, 3], [5]]}
+    assert engine.updates[-1] == {
+        "names": ["a.weight", "b.bias"],
+        "dtype_names": ["float32", "bfloat16"],
+        "shapes": [[4, 3], [5]],
+    }
     for name, tensor in _weights(2.0):
         assert torch.equal(engine.weights[name], tensor)
     status = nccl_server.stub.GetStatus(policy_pb2.GetStatusRequest())
     assert (status.weight_version, status.version_note, status.weight_transfer, status.transfer_workers) == (
-        1, "trainer step 1", "nccl", 1)
+        1,
+        "trainer step 1",
+        "nccl",
+        1,
+    )
 
     # an explicit version, as gRPC pushes may name one
     assert pusher.push(_weights(3.0), expected_version=1, note="s2", version=10).weight_version == 10
@@ -378,14 +385,14 @@ def test_nccl_push_goes_through_the_version_gate(nccl_server, fake_nccl):
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "expected version 1 but 10 is serving" in info.value.details()
     assert not fake_nccl.sent and not fake_nccl.broadcast_done.is_set()
-    assert len(engine.updates) == 2 and nccl_server.servicer.gate.version == 10
+    assert len(engine.updates) == 2 and nccl_server.weights.gate.version == 10
     # a reused version number likewise
     with pytest.raises(grpc.RpcError, match="never reuses a number"):
         pusher.push(_weights(4.0), expected_version=10, note="reuse", version=10)
 
     # the slot was released each time: the next push and a gRPC-streamed one still work
     assert pusher.push(_weights(5.0), expected_version=10, note="s3").weight_version == 11
-    assert nccl_server.servicer.gate.highest == 11
+    assert nccl_server.weights.gate.highest == 11
     pusher.close()
     assert fake_nccl.destroyed
 
@@ -396,7 +403,7 @@ def test_reservation_blocks_other_pushes_and_expires(fake_nccl, tmp_path):
         _connect(server)
         first = server.stub.BeginNcclPush(_begin_request(_weights(), expected=0))
         assert first.serving_version == 0 and first.reserved_seconds == 0.5
-        assert server.servicer._push_lock.locked()  # no other push or rollback may run meanwhile
+        assert server.weights.push_lock.locked()  # no other push or rollback may run meanwhile
         # the trainer died: after the timeout the slot frees itself, a new push can reserve it
         second = server.stub.BeginNcclPush(_begin_request(_weights(), expected=0), timeout=10)
         assert second.push_id != first.push_id
@@ -441,3 +448,39 @@ def test_history_after_an_nccl_push(tmp_path):
         history.plan_restore(2)
     with pytest.raises(UnknownVersion):
         history.plan_restore(3, full=True)
+
+
+def test_nccl_push_records_its_identity(nccl_server):
+    pusher = _connect(nccl_server)
+    reply = pusher.push(_weights(2.0), expected_version=0, note="step 1", push_id="trainer-v1")
+    assert reply.push_id == "trainer-v1" and reply.sha256 == weights_digest(_weights(2.0))
+    status = nccl_server.stub.GetStatus(policy_pb2.GetStatusRequest())
+    assert (status.current.version, status.current.push_id, status.current.sha256) == (1, "trainer-v1", reply.sha256)
+    assert status.current.origin == policy_pb2.VERSION_ORIGIN_PUSH
+    assert nccl_server.weights.current.origin == Origin.PUSH
+    with pytest.raises(InvalidArgument, match="sha256 has 3 bytes"):
+        bad = _begin_request(_weights())
+        bad.sha256 = b"abc"
+        check_tensors(bad, MANIFEST, 10**6, None)
+    pusher.close()
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        [("a.weight", torch.zeros(4, 3)), ("c.weight", torch.zeros(2))],  # unknown name
+        [("a.weight", torch.zeros(3, 4)), ("b.bias", torch.zeros(5))],  # wrong shape
+        [("a.weight", torch.zeros(4, 3)), ("a.weight", torch.zeros(4, 3))],  # twice
+        [("a.weight", torch.zeros(4, 3))],  # incomplete
+    ],
+)
+def test_streamed_and_nccl_pushes_are_refused_with_the_same_message(tensors):
+    """One validator of declared tensors serves both transports."""
+    with pytest.raises(InvalidArgument) as nccl:
+        check_tensors(_begin_request(tensors), MANIFEST, 10**6, None)
+    assembler = PushAssembler(MANIFEST, 10**6)
+    with pytest.raises(InvalidArgument) as streamed:
+        for request in push_requests(tensors):
+            assembler.feed(request)
+        assembler.finish()
+    assert str(streamed.value) == str(nccl.value)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from rlhf.v1 import feedback_pb2 as fb
+from services.common.sections import Sampling
 from services.online.config import OnlineConfig
 from services.online.prompts import LivePrompt, PromptPool
 from services.online.reward_refresh import PreferenceBook
@@ -43,10 +44,15 @@ def test_draws_mix_live_prompts_with_replay():
 
 def test_pool_ingests_store_pages_and_round_trips_its_state():
     pool = PromptPool()
-    pool.ingest(fb.ListPromptsResponse(
-        prompts=[fb.LivePrompt(prompt_text="a", prompt_token_ids=[1, 2]), fb.LivePrompt(prompt_text="", prompt_token_ids=[3])],
-        next_cursor=12,
-    ))
+    pool.ingest(
+        fb.ListPromptsResponse(
+            prompts=[
+                fb.LivePrompt(prompt_text="a", prompt_token_ids=[1, 2]),
+                fb.LivePrompt(prompt_text="", prompt_token_ids=[3]),
+            ],
+            next_cursor=12,
+        )
+    )
     assert len(pool) == 1 and pool.cursor == 12  # a prompt never decoded to text cannot be scored: skipped
     restored = PromptPool()
     restored.load_state_dict(pool.state_dict())
@@ -54,8 +60,9 @@ def test_pool_ingests_store_pages_and_round_trips_its_state():
 
 
 def pair(pair_id: str, agreement: float = 1.0, chosen: str = "good") -> fb.PreferencePair:
-    return fb.PreferencePair(pair_id=pair_id, prompt_text="p", chosen_text=chosen, rejected_text="bad",
-                             weight=1.0, agreement=agreement)
+    return fb.PreferencePair(
+        pair_id=pair_id, prompt_text="p", chosen_text=chosen, rejected_text="bad", weight=1.0, agreement=agreement
+    )
 
 
 def test_preference_book_replaces_updated_pairs_and_drops_doubtful_ones():
@@ -77,5 +84,5 @@ def test_online_config_checks_the_lag_against_the_round_length():
     with pytest.raises(ValueError, match="max_version_lag"):
         OnlineConfig(steps_per_round=3, max_version_lag=1)
     with pytest.raises(ValueError, match="samples_per_prompt"):
-        OnlineConfig(samples_per_prompt=1)
-    assert OnlineConfig(steps_per_round=3, max_version_lag=2).canary().min_ratings == 20
+        OnlineConfig(sampling=Sampling(samples_per_prompt=1))  # grpo, the trainer's check
+    assert OnlineConfig(steps_per_round=3, max_version_lag=2).canary.alpha == 0.05

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from rlhf.v1 import policy_pb2, reward_pb2
-from services.common import replica_pool
-from services.common.replica_pool import ReplicasUnavailable, split_addresses, with_retries
+from services.clients import replica_pool
+from services.clients.policy import PolicyClient
+from services.clients.replica_pool import ReplicasUnavailable, split_addresses, with_retries
+from services.clients.reward import RewardClient
 from services.common.weight_stream import PushAssembler, TensorSpec
-from services.trainer.clients import PolicyClient, RewardClient
 
 
 class FakeRpcError(grpc.RpcError):
@@ -49,8 +50,9 @@ class FakePolicy:
 
     def GetStatus(self, request, timeout=None):
         self._check()
-        return policy_pb2.GetStatusResponse(model="m", weight_version=self.version, highest_version=self.highest,
-                                            state=policy_pb2.ENGINE_STATE_SERVING)
+        return policy_pb2.GetStatusResponse(
+            model="m", weight_version=self.version, highest_version=self.highest, state=policy_pb2.ENGINE_STATE_SERVING
+        )
 
     def Generate(self, request, timeout=None):
         self._check()
@@ -76,7 +78,9 @@ class FakePolicy:
         previous, self.version = self.version, self.highest + 1 if version is None else version
         self.highest = self.version
         self.pushes.append((self.version, len(staged.tensors)))
-        return policy_pb2.PushWeightsResponse(weight_version=self.version, previous_version=previous, num_tensors=len(staged.tensors))
+        return policy_pb2.PushWeightsResponse(
+            weight_version=self.version, previous_version=previous, num_tensors=len(staged.tensors)
+        )
 
 
 WEIGHTS = [("a.weight", torch.ones(3)), ("b.weight", torch.zeros(2, 2))]
@@ -84,7 +88,9 @@ MANIFEST = {name: TensorSpec(tuple(t.shape)) for name, t in WEIGHTS}
 
 
 def policy_client(*fakes: FakePolicy, wait_s: float = 5.0) -> PolicyClient:
-    client = PolicyClient(",".join(f"127.0.0.1:{10001 + i}" for i in range(len(fakes))), timeout_s=5, retries=1, wait_s=wait_s)
+    client = PolicyClient(
+        ",".join(f"127.0.0.1:{10001 + i}" for i in range(len(fakes))), timeout_s=5, retries=1, wait_s=wait_s
+    )
     for replica, fake in zip(client.replicas, fakes):
         replica.stub = fake
     client.full_weights = lambda: WEIGHTS
@@ -215,7 +221,9 @@ class FakeReward:
 
 
 def reward_client(*fakes: FakeReward) -> RewardClient:
-    client = RewardClient(",".join(f"127.0.0.1:{20001 + i}" for i in range(len(fakes))), timeout_s=5, retries=1, wait_s=5)
+    client = RewardClient(
+        ",".join(f"127.0.0.1:{20001 + i}" for i in range(len(fakes))), timeout_s=5, retries=1, wait_s=5
+    )
     for replica, fake in zip(client.replicas, fakes):
         replica.stub = fake
     client.models = ("rm",)

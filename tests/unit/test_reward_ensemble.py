@@ -51,7 +51,10 @@ MODELS = [{"name": "a", "kind": "rules", "target_words": 3}, {"name": "b", "kind
 
 def test_models_file_ensembles():
     declared = parse_declarations(
-        {"models": MODELS, "ensembles": [{"name": "ab", "members": ["a", "b"], "aggregation": "mean_minus_std", "k": 0.5}]}
+        {
+            "models": MODELS,
+            "ensembles": [{"name": "ab", "members": ["a", "b"], "aggregation": "mean_minus_std", "k": 0.5}],
+        }
     )
     (ensemble,) = declared.ensembles
     assert ensemble == EnsembleSpec("ab", (MemberRef("a"), MemberRef("b")), "mean_minus_std", 0.5)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from services.trainer.preferences import PairwisePreference, RankedPreference, Rating
-from services.trainer.reward_training import (
+from services.reward.training.preferences import PairwisePreference, RankedPreference, Rating
+from services.reward.training.trainer import (
     RewardTrainingConfig,
     all_pairs_loss,
     bradley_terry_loss,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.data import load_prompts
-from services.trainer.preferences import (
+from services.common.prompts import load_prompts
+from services.reward.training.preferences import (
     FLAWS,
     CandidateWriter,
     PairwisePreference,
@@ -87,7 +87,9 @@ def test_shipped_pairs_are_plainly_better_balanced_and_held_out_books_are_unseen
     train = [json.loads(line) for line in (DATA / "preferences.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in (DATA / "preferences_heldout.jsonl").read_text().splitlines()]
     for record in train + heldout:
-        gap = labeler.utility(record["prompt"], record["chosen"]) - labeler.utility(record["prompt"], record["rejected"])
+        gap = labeler.utility(record["prompt"], record["chosen"]) - labeler.utility(
+            record["prompt"], record["rejected"]
+        )
         assert gap >= 1.5, record
     kinds = [r["flaw"] for r in train]
     assert set(kinds) == set(FLAWS) and max(map(kinds.count, FLAWS)) - min(map(kinds.count, FLAWS)) <= 2
@@ -121,7 +123,9 @@ def test_noise_makes_the_labeler_err_sometimes(rows):
 
 def test_ranked_and_rated_records_order_good_before_flawed(rows):
     labeler, rng = SimulatedLabeler(rows), random.Random(0)
-    ranked = simulate(SimulateConfig(prompts_file=str(DATA / "book_reviews_heldout.jsonl"), format="ranked", k=4, seed=5))
+    ranked = simulate(
+        SimulateConfig(prompts_file=str(DATA / "book_reviews_heldout.jsonl"), format="ranked", k=4, seed=5)
+    )
     for record in ranked:
         utilities = [labeler.utility(record["prompt"], text) for text in record["ranking"]]
         assert utilities == sorted(utilities, reverse=True) and len(record["ranking"]) == 4

@@ -48,3 +48,14 @@ def test_prompt_checks():
         check_prompt_count(5, LIMITS)
     with pytest.raises(InvalidArgument, match="request_id"):
         check_request_id("bad id!")
+
+
+def test_sample_seeds_differ_across_the_prompts_of_a_request():
+    """Issue 16: seeds were seed + sample_index, so every prompt of a request drew the same random stream."""
+    spec = parse_sampling(policy_pb2.SamplingParams(n=3, seed=11), LIMITS)
+    seeds = [spec.sample_seed(i, prompt_index=p) for p in range(4) for i in range(3)]
+    assert len(set(seeds)) == len(seeds)
+    assert spec.sample_seed(0, prompt_index=1) != spec.sample_seed(0, prompt_index=0)
+    assert spec.sample_seed(2) == 13, "prompt 0 keeps seed + sample_index"
+    unseeded = parse_sampling(policy_pb2.SamplingParams(n=3), LIMITS)
+    assert unseeded.sample_seed(1, prompt_index=2) is None

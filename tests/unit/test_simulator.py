@@ -6,10 +6,15 @@ import random
 
 import pytest
 
-from services.online.clients import require_loopback
-from services.online.preference import HiddenPreference, PreferenceSpec, Rater, title_words
+from services.common.client import require_loopback
 from services.online.routing import CANARY, STABLE, CanaryRouter
 from services.online.simulator import SimulatorConfig, make_users
+from services.reward.training.simulated_preference import (
+    HiddenPreference,
+    PreferenceSpec,
+    Rater,
+    title_words,
+)
 
 PROMPT = "Write a short review of Pride and Prejudice by Jane Austen."
 
@@ -20,7 +25,9 @@ def test_hidden_preference_likes_the_title_the_target_length_and_variety():
     good = "Pride and Prejudice sparkles with wit, irony, warmth; a heroine worth knowing."
     terms = preference.terms(PROMPT, good)
     assert terms["title"] == 1.0 and terms["diversity"] == 1.0 and terms["length"] == pytest.approx(0.8)
-    assert preference.utility(PROMPT, good) > preference.utility(PROMPT, "A novel with wit, irony and a heroine worth knowing.")
+    assert preference.utility(PROMPT, good) > preference.utility(
+        PROMPT, "A novel with wit, irony and a heroine worth knowing."
+    )
     assert preference.utility(PROMPT, "book " * 12) < 0.4  # one word repeated
     assert preference.utility(PROMPT, "") == 0.0
     assert title_words("Tell me anything.") == set()
@@ -72,3 +79,77 @@ def test_traffic_is_bounded_and_loopback_only():
         SimulatorConfig(duration_s=0)
     with pytest.raises(ValueError):
         SimulatorConfig(adversarial_fraction=1.5)
+
+
+class _Reply:
+    def __init__(self, response):
+        self.response = response
+
+    def result(self):
+        return self.response
+
+
+class _FakePolicy:
+    """Answers Generate.future with `n` samples of one weight version (no engine)."""
+
+    def __init__(self, version: int, text: str) -> None:
+        self.version, self.text, self.calls = version, text, 0
+        self.Generate = self
+
+    def future(self, request, timeout=None):
+        from rlhf.v1 import policy_pb2
+
+        self.calls += 1
+        samples = [
+            policy_pb2.Sample(
+                sample_id=f"v{self.version}-{self.calls}-{i}", text=f"{self.text} {i}", weight_version=self.version
+            )
+            for i in range(request.sampling.n)
+        ]
+        return _Reply(policy_pb2.GenerateResponse(results=[policy_pb2.PromptResult(samples=samples)]))
+
+
+class _FakeFeedback:
+    def __init__(self) -> None:
+        self.pairs: list = []
+        self.SubmitFeedback = self.SubmitGoldFeedback = self.submit
+
+    def submit(self, request, timeout=None):
+        from rlhf.v1 import feedback_pb2
+
+        if request.body.HasField("pairwise"):
+            self.pairs.append(request.body.pairwise)
+        return feedback_pb2.SubmitFeedbackResponse(feedback_id=f"f{len(self.pairs)}")
+
+
+def test_canary_users_judge_interleaved_stable_vs_canary_pairs(tmp_path):
+    from services.online.simulator import TrafficSimulator
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Write a short review of Pride and Prejudice by Jane Austen."}\n')
+    config = SimulatorConfig(
+        canary_address="127.0.0.1:2",
+        canary_fraction=1.0,
+        users=10,
+        prompts_file=str(prompts),
+        interleave_probability=1.0,
+        pairwise_probability=1.0,
+        gold_probability=0.0,
+        rating_probability=0.0,
+        think_time_s=0.0,
+    )
+    simulator = TrafficSimulator(config)
+    feedback = _FakeFeedback()
+    simulator._policy = {STABLE: _FakePolicy(3, "Pride and Prejudice is witty"), CANARY: _FakePolicy(8, "book book")}
+    simulator._feedback = dict.fromkeys((STABLE, CANARY), feedback)
+    rng = random.Random(0)
+    for index in range(40):
+        simulator._request(index, simulator.users[index % 10], simulator.rows[0], rng)
+    simulator.close()
+    assert simulator._policy[STABLE].calls == simulator._policy[CANARY].calls == 40  # one completion from each
+    assert len(feedback.pairs) == 40
+    versions = [(p.chosen_sample_id.split("-")[0], p.rejected_sample_id.split("-")[0]) for p in feedback.pairs]
+    assert all({a, b} == {"v3", "v8"} for a, b in versions)  # every pair puts the two versions side by side
+    summary = simulator.summary(1.0, 40)
+    assert summary["judgements"] == {"v3-v8": 40} and summary["judgements_per_version"] == {"v3": 40, "v8": 40}
+    assert summary["by_replica_version"]["stable:v3"]["samples"] == 40

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from services.common.config import build
 from services.trainer import lora
 from services.trainer.advantages import compute_advantages
 from services.trainer.config import TrainerConfig
@@ -18,19 +19,31 @@ def model_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
     )
     path = tmp_path_factory.mktemp("tiny") / "llama"
     LlamaForCausalLM(config).save_pretrained(path)
     return str(path)
 
 
-def make_learner(model_dir: str, **overrides) -> Learner:
-    settings = dict(model=model_dir, learning_rate=1e-2, micro_batch_size=2, samples_per_prompt=2, max_grad_norm=0.0)
-    settings.update(overrides)
+def make_learner(model_dir: str, overrides: dict | None = None) -> Learner:
+    """A learner over the tiny model; `overrides` as {"section.field": value}."""
+    settings = {
+        "model": model_dir,
+        "optimizer.learning_rate": 1e-2,
+        "optimizer.micro_batch_size": 2,
+        "sampling.samples_per_prompt": 2,
+        "optimizer.max_grad_norm": 0.0,
+        **(overrides or {}),
+    }
     torch.manual_seed(0)
-    return Learner(TrainerConfig(**settings), model_dir, torch.device("cpu"))
+    return Learner(build(TrainerConfig, settings), model_dir, torch.device("cpu"))
 
 
 def make_rollout(learner: Learner) -> Rollout:
@@ -38,7 +51,9 @@ def make_rollout(learner: Learner) -> Rollout:
     sequences = [([1, 2, 3], [4, 5, 6]), ([1, 2, 3], [7, 8]), ([9, 10], [11, 12, 13, 14]), ([9, 10], [15])]
     rollout = Rollout([(p, c, [0.0] * len(c)) for p, c in sequences], pad_id=0)
     with torch.no_grad():
-        rollout.behaviour_logp = sequence_logprobs(learner.policy, rollout.input_ids, rollout.attention_mask, 1.0) * rollout.mask
+        rollout.behaviour_logp = (
+            sequence_logprobs(learner.policy, rollout.input_ids, rollout.attention_mask, 1.0) * rollout.mask
+        )
     return rollout
 
 
@@ -51,8 +66,10 @@ def sampled_logprobs(learner: Learner, rollout: Rollout) -> torch.Tensor:
 def one_step(learner: Learner, rollout: Rollout, scores=(1.0, 0.0, 0.0, 1.0)) -> dict:
     c = learner.config
     prepared = learner.prepare(rollout)
-    advantages, returns = compute_advantages(c.algorithm, torch.tensor(scores), rollout.mask, 2, values=prepared.values)
-    return learner.update(rollout, prepared, advantages, returns, c.kl_coef)
+    advantages, returns = compute_advantages(
+        c.objective.algorithm, torch.tensor(scores), rollout.mask, 2, values=prepared.values
+    )
+    return learner.update(rollout, prepared, advantages, returns, c.objective.kl_coef)
 
 
 def test_rollout_columns_score_the_next_token():
@@ -67,7 +84,7 @@ def test_rollout_columns_score_the_next_token():
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp", "ppo"])
 def test_update_raises_the_logprob_of_rewarded_samples(model_dir, algorithm):
-    learner = make_learner(model_dir, algorithm=algorithm, critic_learning_rate=1e-2)
+    learner = make_learner(model_dir, {"objective.algorithm": algorithm, "objective.critic_learning_rate": 1e-2})
     rollout = make_rollout(learner)
     before = sampled_logprobs(learner, rollout)
     stats = one_step(learner, rollout)
@@ -81,7 +98,15 @@ def test_update_raises_the_logprob_of_rewarded_samples(model_dir, algorithm):
 
 
 def test_ppo_critic_regresses_towards_the_returns(model_dir):
-    learner = make_learner(model_dir, algorithm="ppo", critic_learning_rate=3e-3, learning_rate=1e-6, value_clip_eps=100.0)
+    learner = make_learner(
+        model_dir,
+        {
+            "objective.algorithm": "ppo",
+            "objective.critic_learning_rate": 3e-3,
+            "optimizer.learning_rate": 1e-6,
+            "objective.value_clip_eps": 100.0,
+        },
+    )
     rollout = make_rollout(learner)
     losses = [one_step(learner, rollout)["value_loss"] for _ in range(6)]
     assert losses[-1] < 0.5 * losses[0]
@@ -90,8 +115,8 @@ def test_ppo_critic_regresses_towards_the_returns(model_dir):
 def test_kl_loss_and_entropy_bonus_enter_the_loss(model_dir):
     rollout = None
     results = {}
-    for name, overrides in {"plain": {}, "entropy": {"entropy_coef": 0.5}}.items():
-        learner = make_learner(model_dir, kl_coef=0.0, **overrides)
+    for name, overrides in {"plain": {}, "entropy": {"objective.entropy_coef": 0.5}}.items():
+        learner = make_learner(model_dir, {"objective.kl_coef": 0.0, **overrides})
         rollout = rollout or make_rollout(learner)
         results[name] = one_step(learner, rollout, scores=(1.0, 1.0, 1.0, 1.0))  # zero advantages
     # zero advantages: the plain loss is 0, the entropy bonus makes it -0.5 * entropy
@@ -100,7 +125,9 @@ def test_kl_loss_and_entropy_bonus_enter_the_loss(model_dir):
 
 
 def test_several_epochs_use_the_proximal_logprobs_and_clip(model_dir):
-    learner = make_learner(model_dir, ppo_epochs=3, clip_eps=0.01, learning_rate=5e-2)
+    learner = make_learner(
+        model_dir, {"objective.ppo_epochs": 3, "objective.clip_eps": 0.01, "optimizer.learning_rate": 5e-2}
+    )
     rollout = make_rollout(learner)
     assert learner.prepare(rollout).old_logp is not None
     stats = one_step(learner, rollout)
@@ -109,13 +136,17 @@ def test_several_epochs_use_the_proximal_logprobs_and_clip(model_dir):
 
 
 def test_lora_merges_like_peft_and_keeps_the_base_as_reference(model_dir):
-    learner = make_learner(model_dir, lora_rank=4, lora_targets=("q_proj", "v_proj"), learning_rate=5e-2)
+    learner = make_learner(
+        model_dir, {"lora.rank": 4, "lora.targets": ("q_proj", "v_proj"), "optimizer.learning_rate": 5e-2}
+    )
     rollout = make_rollout(learner)
     base = dict(lora.merged_tensors(learner.policy))
     one_step(learner, rollout)
     merged = dict(lora.merged_tensors(learner.policy))
     assert set(merged) == set(base)
-    assert lora.changed_names(learner.policy) == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in ("q_proj", "v_proj")}
+    assert lora.changed_names(learner.policy) == {
+        f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in ("q_proj", "v_proj")
+    }
     changed = {name for name in merged if not torch.equal(merged[name], base[name])}
     assert changed == lora.changed_names(learner.policy)
     reference = {n: t.clone() for n, t in learner.policy.merge_and_unload().state_dict().items()}
@@ -124,7 +155,7 @@ def test_lora_merges_like_peft_and_keeps_the_base_as_reference(model_dir):
 
 
 def test_lora_reference_is_the_frozen_base(model_dir):
-    learner = make_learner(model_dir, lora_rank=4, learning_rate=5e-2)
+    learner = make_learner(model_dir, {"lora.rank": 4, "optimizer.learning_rate": 5e-2})
     rollout = make_rollout(learner)
     before = learner.reference_logprobs(rollout.input_ids, rollout.attention_mask).detach()
     one_step(learner, rollout)
@@ -134,13 +165,16 @@ def test_lora_reference_is_the_frozen_base(model_dir):
     assert not torch.allclose(moved * rollout.mask, after * rollout.mask)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"algorithm": "ppo"}, {"lora_rank": 4}], ids=["full", "ppo", "lora"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"objective.algorithm": "ppo"}, {"lora.rank": 4}], ids=["full", "ppo", "lora"]
+)
 def test_save_and_load_continue_identically(model_dir, tmp_path, overrides):
-    first = make_learner(model_dir, lr_schedule="cosine", warmup_steps=1, steps=5, **overrides)
+    schedule = {"optimizer.lr_schedule": "cosine", "optimizer.warmup_steps": 1, "steps": 5}
+    first = make_learner(model_dir, {**schedule, **overrides})
     rollout = make_rollout(first)
     one_step(first, rollout)
     first.save(tmp_path)
-    second = make_learner(model_dir, lr_schedule="cosine", warmup_steps=1, steps=5, **overrides)
+    second = make_learner(model_dir, {**schedule, **overrides})
     second.load(tmp_path)
     a, b = one_step(first, rollout), one_step(second, rollout)
     assert a == b  # same loss, grad norm, learning rate...

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
+from services.common.config import build
 from services.trainer.async_rollout import AsyncBatches, SyncBatches, take_fresh
 from services.trainer.checkpoint import checkpoint_dir, latest_checkpoint, resolve_resume
-from services.trainer.config import TrainerConfig
+from services.trainer.config import Objective, Rewards, TrainerConfig
 from services.trainer.curves import plot_run
 from services.trainer.evaluate import bleu
 
@@ -17,28 +18,32 @@ from services.trainer.evaluate import bleu
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        ({"algorithm": "dpo"}, "algorithm must be one of"),
-        ({"kl_estimator": "k2"}, "kl_estimator"),
-        ({"reward_combine": "max"}, "reward_combine"),
-        ({"samples_per_prompt": 1}, "samples_per_prompt"),
-        ({"algorithm": "rloo", "samples_per_prompt": 1}, "samples_per_prompt"),
+        ({"objective.algorithm": "dpo"}, "objective.algorithm must be one of"),
+        ({"objective.kl_estimator": "k2"}, "objective.kl_estimator"),
+        ({"rewards.combine": "max"}, "rewards.combine"),
+        ({"sampling.samples_per_prompt": 1}, "samples_per_prompt"),
+        ({"objective.algorithm": "rloo", "sampling.samples_per_prompt": 1}, "samples_per_prompt"),
         ({"async_rollouts": True, "max_staleness": 0}, "max_staleness"),
-        ({"push_scope": "changed"}, "needs LoRA"),
-        ({"temperature": 0.0}, "temperature"),
+        ({"push.scope": "changed"}, "needs LoRA"),
+        ({"sampling.temperature": 0.0}, "temperature"),
+        ({"optimizer.lr_schedule": "linear"}, "optimizer.lr_schedule"),
+        ({"push.dtype": "int8"}, "push.dtype"),
+        ({"dist_backend": "mpi"}, "dist_backend"),
     ],
 )
-def test_bad_settings_are_named(overrides, fragment):
+def test_bad_settings_are_named_when_the_config_is_made(overrides, fragment):
+    """Every check runs in __post_init__: no caller has to remember a validate() call."""
     with pytest.raises(ValueError, match=fragment):
-        TrainerConfig(**overrides).validate()
+        build(TrainerConfig, overrides)
 
 
 def test_kl_placement_follows_each_algorithm_unless_set():
-    assert TrainerConfig(algorithm="grpo").kl_placement == "loss"
-    assert TrainerConfig(algorithm="ppo").kl_placement == "reward"
-    assert TrainerConfig(algorithm="rloo", kl_in="loss").kl_placement == "loss"
-    TrainerConfig(algorithm="reinforce_pp", samples_per_prompt=1).validate()  # no groups needed
-    assert TrainerConfig(reward_models=("a", "b")).reward_names == ("a", "b")
-    assert TrainerConfig(reward_model="a").reward_names == ("a",)
+    assert Objective(algorithm="grpo").kl_placement == "loss"
+    assert Objective(algorithm="ppo").kl_placement == "reward"
+    assert Objective(algorithm="rloo", kl_in="loss").kl_placement == "loss"
+    build(TrainerConfig, {"objective.algorithm": "reinforce_pp", "sampling.samples_per_prompt": 1})  # no groups needed
+    assert Rewards(models=("a", "b")).names == ("a", "b")
+    assert TrainerConfig(rewards=Rewards(model="a")).rewards.names == ("a",)
 
 
 def test_sync_batches_count_up_from_the_resume_point():
@@ -107,9 +112,17 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
 
 def test_curves_png_from_metrics(tmp_path):
     lines = [
-        {"step": s, "algorithm": "rloo", "reward_mean": 0.1 * s, "reward_std": 0.05, "reward_models": {"a": s, "b": -s},
-         "kl": 0.01 * s, "kl_coef": 0.05 + 0.001 * s, "entropy": 2.0 - 0.1 * s,
-         "seconds": {"generate": 1.0, "score": 0.2, "train": 3.0, "push": 0.5}}
+        {
+            "step": s,
+            "algorithm": "rloo",
+            "reward_mean": 0.1 * s,
+            "reward_std": 0.05,
+            "reward_models": {"a": s, "b": -s},
+            "kl": 0.01 * s,
+            "kl_coef": 0.05 + 0.001 * s,
+            "entropy": 2.0 - 0.1 * s,
+            "seconds": {"generate": 1.0, "score": 0.2, "train": 3.0, "push": 0.5},
+        }
         for s in range(1, 6)
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

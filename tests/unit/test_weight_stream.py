@@ -38,7 +38,10 @@ def test_round_trip_is_bit_exact(chunk_bytes):
     for name, tensor in TENSORS:
         got = staged.tensors[name]
         assert got.dtype == tensor.dtype and got.shape == tensor.shape
-        assert torch.equal(got.view(torch.uint8) if got.dtype != torch.float32 else got, tensor.view(torch.uint8) if tensor.dtype != torch.float32 else tensor)
+        assert torch.equal(
+            got.view(torch.uint8) if got.dtype != torch.float32 else got,
+            tensor.view(torch.uint8) if tensor.dtype != torch.float32 else tensor,
+        )
     assert staged.expected_version == 3 and staged.note == "n"
     assert staged.total_bytes == sum(t.numel() * t.element_size() for _, t in TENSORS)
 
@@ -89,7 +92,7 @@ def test_protocol_violations():
         assemble(requests[1:])
     with pytest.raises(InvalidArgument, match="two `begin`"):
         assemble([requests[0], *requests])
-    with pytest.raises(InvalidArgument, match="sent twice"):
+    with pytest.raises(InvalidArgument, match="declared twice"):
         assemble(push_requests([TENSORS[0], TENSORS[0]]), require_complete=False)
     skipped = [r for i, r in enumerate(requests) if i != 2]
     with pytest.raises(InvalidArgument, match="offset"):
@@ -132,8 +135,16 @@ def test_empty_request_rejected():
 LLAMA = {
     f"model.layers.{i}.{module}.{leaf}": TensorSpec((2,))
     for i in range(2)
-    for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm")
+    for module in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "input_layernorm",
+    )
     for leaf in (("weight", "bias") if module == "self_attn.q_proj" else ("weight",))
 }
 LLAMA["model.embed_tokens.weight"] = TensorSpec((2,))
@@ -156,8 +167,12 @@ def test_load_units_merge_fused_siblings_and_a_modules_tensors():
     assert q_weight == load_unit("model.layers.0.self_attn.q_proj.bias", GROUPS)
     assert q_weight != load_unit("model.layers.1.self_attn.q_proj.weight", GROUPS)
     assert q_weight != load_unit("model.layers.0.self_attn.o_proj.weight", GROUPS)
-    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) == load_unit("model.layers.0.mlp.up_proj.weight", GROUPS)
-    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) != load_unit("model.layers.0.mlp.down_proj.weight", GROUPS)
+    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) == load_unit(
+        "model.layers.0.mlp.up_proj.weight", GROUPS
+    )
+    assert load_unit("model.layers.0.mlp.gate_proj.weight", GROUPS) != load_unit(
+        "model.layers.0.mlp.down_proj.weight", GROUPS
+    )
     missing = incomplete_units(["model.layers.1.self_attn.k_proj.weight"], LLAMA, GROUPS)
     assert missing == [
         "model.layers.1.self_attn.q_proj.bias",
@@ -182,8 +197,14 @@ def test_partial_push_of_whole_fused_units_is_accepted():
     "names, first_missing",
     [
         # q and v without k: the fused qkv parameter would load k from uninitialized memory
-        (["model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias", "model.layers.0.self_attn.v_proj.weight"],
-         "model.layers.0.self_attn.k_proj.weight"),
+        (
+            [
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.q_proj.bias",
+                "model.layers.0.self_attn.v_proj.weight",
+            ],
+            "model.layers.0.self_attn.k_proj.weight",
+        ),
         (["model.layers.1.mlp.up_proj.weight"], "model.layers.1.mlp.gate_proj.weight"),
         # a module's weight without its bias is half a module
         ([f"model.layers.0.self_attn.{m}_proj.weight" for m in "qkv"], "model.layers.0.self_attn.q_proj.bias"),

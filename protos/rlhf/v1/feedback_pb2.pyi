@@ -199,7 +199,7 @@ class ListPreferencesRequest(_message.Message):
     def __init__(self, since_cursor: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class PreferencePair(_message.Message):
-    __slots__ = ("pair_id", "prompt_text", "prompt_token_ids", "chat_template", "chosen_text", "rejected_text", "chosen_sample_id", "rejected_sample_id", "weight", "agreement", "votes", "sources")
+    __slots__ = ("pair_id", "prompt_text", "prompt_token_ids", "chat_template", "chosen_text", "rejected_text", "chosen_sample_id", "rejected_sample_id", "weight", "agreement", "votes", "sources", "chosen_weight_version", "rejected_weight_version")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,8 @@ class PreferencePair(_message.Message):
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     prompt_text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -224,7 +226,9 @@ class PreferencePair(_message.Message):
     agreement: float
     votes: int
     sources: _containers.RepeatedScalarFieldContainer[FeedbackKind]
-    def __init__(self, pair_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., chosen_text: _Optional[str] = ..., rejected_text: _Optional[str] = ..., chosen_sample_id: _Optional[str] = ..., rejected_sample_id: _Optional[str] = ..., weight: _Optional[float] = ..., agreement: _Optional[float] = ..., votes: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[FeedbackKind, str]]] = ...) -> None: ...
+    chosen_weight_version: int
+    rejected_weight_version: int
+    def __init__(self, pair_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., chosen_text: _Optional[str] = ..., rejected_text: _Optional[str] = ..., chosen_sample_id: _Optional[str] = ..., rejected_sample_id: _Optional[str] = ..., weight: _Optional[float] = ..., agreement: _Optional[float] = ..., votes: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[FeedbackKind, str]]] = ..., chosen_weight_version: _Optional[int] = ..., rejected_weight_version: _Optional[int] = ...) -> None: ...
 
 class ListPreferencesResponse(_message.Message):
     __slots__ = ("pairs", "next_cursor", "has_more", "report")

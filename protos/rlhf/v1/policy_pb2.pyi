@@ -21,6 +21,13 @@ class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENGINE_STATE_SERVING: _ClassVar[EngineState]
     ENGINE_STATE_UPDATING_WEIGHTS: _ClassVar[EngineState]
     ENGINE_STATE_FAILED: _ClassVar[EngineState]
+
+class VersionOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERSION_ORIGIN_UNSPECIFIED: _ClassVar[VersionOrigin]
+    VERSION_ORIGIN_CHECKPOINT: _ClassVar[VersionOrigin]
+    VERSION_ORIGIN_PUSH: _ClassVar[VersionOrigin]
+    VERSION_ORIGIN_ROLLBACK: _ClassVar[VersionOrigin]
 RECORDING_MODE_UNSPECIFIED: RecordingMode
 RECORDING_MODE_ON: RecordingMode
 RECORDING_MODE_OFF: RecordingMode
@@ -29,6 +36,10 @@ ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_SERVING: EngineState
 ENGINE_STATE_UPDATING_WEIGHTS: EngineState
 ENGINE_STATE_FAILED: EngineState
+VERSION_ORIGIN_UNSPECIFIED: VersionOrigin
+VERSION_ORIGIN_CHECKPOINT: VersionOrigin
+VERSION_ORIGIN_PUSH: VersionOrigin
+VERSION_ORIGIN_ROLLBACK: VersionOrigin
 
 class Prompt(_message.Message):
     __slots__ = ("text", "token_ids", "apply_chat_template")
@@ -127,18 +138,20 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, prompt_index: _Optional[int] = ..., sample_index: _Optional[int] = ..., text_delta: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sample_id: _Optional[str] = ...) -> None: ...
 
 class PushBegin(_message.Message):
-    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note", "version")
+    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note", "version", "push_id")
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     expected_version: int
     num_tensors: int
     total_bytes: int
     note: str
     version: int
-    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    push_id: str
+    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ..., version: _Optional[int] = ..., push_id: _Optional[str] = ...) -> None: ...
 
 class PushCommit(_message.Message):
     __slots__ = ("sha256",)
@@ -157,27 +170,31 @@ class PushWeightsRequest(_message.Message):
     def __init__(self, begin: _Optional[_Union[PushBegin, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ..., commit: _Optional[_Union[PushCommit, _Mapping]] = ...) -> None: ...
 
 class PushWeightsResponse(_message.Message):
-    __slots__ = ("weight_version", "previous_version", "num_tensors", "total_bytes", "receive_seconds", "apply_seconds")
+    __slots__ = ("weight_version", "previous_version", "num_tensors", "total_bytes", "receive_seconds", "apply_seconds", "push_id", "sha256")
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     RECEIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     weight_version: int
     previous_version: int
     num_tensors: int
     total_bytes: int
     receive_seconds: float
     apply_seconds: float
-    def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., receive_seconds: _Optional[float] = ..., apply_seconds: _Optional[float] = ...) -> None: ...
+    push_id: str
+    sha256: bytes
+    def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., receive_seconds: _Optional[float] = ..., apply_seconds: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version", "weight_transfer", "transfer_workers")
+    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version", "weight_transfer", "transfer_workers", "current")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +208,7 @@ class GetStatusResponse(_message.Message):
     HIGHEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_TRANSFER_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
     model: str
     weight_version: int
     state: EngineState
@@ -204,17 +222,24 @@ class GetStatusResponse(_message.Message):
     highest_version: int
     weight_transfer: str
     transfer_workers: int
-    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ..., weight_transfer: _Optional[str] = ..., transfer_workers: _Optional[int] = ...) -> None: ...
+    current: WeightVersionInfo
+    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ..., weight_transfer: _Optional[str] = ..., transfer_workers: _Optional[int] = ..., current: _Optional[_Union[WeightVersionInfo, _Mapping]] = ...) -> None: ...
 
 class WeightVersionInfo(_message.Message):
-    __slots__ = ("version", "note", "applied_unix")
+    __slots__ = ("version", "note", "applied_unix", "push_id", "sha256", "origin")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     version: int
     note: str
     applied_unix: float
-    def __init__(self, version: _Optional[int] = ..., note: _Optional[str] = ..., applied_unix: _Optional[float] = ...) -> None: ...
+    push_id: str
+    sha256: bytes
+    origin: VersionOrigin
+    def __init__(self, version: _Optional[int] = ..., note: _Optional[str] = ..., applied_unix: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., origin: _Optional[_Union[VersionOrigin, str]] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("version", "reason")
@@ -271,12 +296,14 @@ class NcclTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BeginNcclPushRequest(_message.Message):
-    __slots__ = ("begin", "tensors")
+    __slots__ = ("begin", "tensors", "sha256")
     BEGIN_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     begin: PushBegin
     tensors: _containers.RepeatedCompositeFieldContainer[NcclTensor]
-    def __init__(self, begin: _Optional[_Union[PushBegin, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[NcclTensor, _Mapping]]] = ...) -> None: ...
+    sha256: bytes
+    def __init__(self, begin: _Optional[_Union[PushBegin, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[NcclTensor, _Mapping]]] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class BeginNcclPushResponse(_message.Message):
     __slots__ = ("push_id", "serving_version", "reserved_seconds")

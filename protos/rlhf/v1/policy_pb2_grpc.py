@@ -163,7 +163,7 @@ class PolicyServiceServicer:
         way are not restorable by Rollback (their bytes never pass through the
         server); earlier versions stay restorable. Errors: NOT_FOUND (unknown or
         expired push_id), UNAVAILABLE (the receive or load failed: the engine is
-        FAILED until a later push or rollback succeeds).
+        FAILED until a later complete push or a rollback succeeds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

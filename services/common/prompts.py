@@ -1,4 +1,8 @@
-"""Prompt data: JSONL rows of {prompt, reference}, visited in seeded, reshuffled epochs."""
+"""Prompt data: JSONL rows of {prompt, reference, task, template}, visited in seeded, reshuffled epochs.
+
+`task` (multi-task training: which reward models judge the row, services/trainer/tasks.py)
+and `template` (a named prompt template, services/common/prompt_templates.py) are optional.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from pathlib import Path
 class PromptRow:
     prompt: str
     reference: str | None
+    task: str = ""  # empty: the run's only task
+    template: str = ""  # empty: the task's or the run's template
 
 
 def load_prompts(path: str | Path) -> list[PromptRow]:
-    """JSONL rows with a "prompt" (and optionally a "reference") field; errors name the file and line."""
+    """JSONL rows with a "prompt" (optionally "reference", "task", "template") field; errors name the file and line."""
     rows = []
     try:
         handle = open(path, encoding="utf-8")
@@ -27,8 +33,11 @@ def load_prompts(path: str | Path) -> list[PromptRow]:
                 continue
             try:
                 record = json.loads(line)
-                rows.append(PromptRow(str(record["prompt"]), record.get("reference")))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                task, template = record.get("task", ""), record.get("template", "")
+                if not isinstance(task, str) or not isinstance(template, str):
+                    raise TypeError("'task' and 'template' must be strings")
+                rows.append(PromptRow(str(record["prompt"]), record.get("reference"), task, template))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise ValueError(f"{path}:{number}: expected a JSON object with a 'prompt' key ({exc})") from exc
     if not rows:
         raise ValueError(f"{path}: no prompts")

@@ -46,7 +46,9 @@ def with_retries(call: Callable[[], R], what: str, retries: int, budget_s: float
             delay = backoff_s(attempt)
             if exc.code() not in RETRYABLE or (attempt >= retries and time.monotonic() - started + delay > budget_s):
                 raise
-            log.warning("%s failed with %s (%s); retry %d in %.1f s", what, exc.code().name, exc.details(), attempt + 1, delay)
+            log.warning(
+                "%s failed with %s (%s); retry %d in %.1f s", what, exc.code().name, exc.details(), attempt + 1, delay
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -57,7 +59,7 @@ def split_addresses(spec: str | Iterable[str]) -> list[str]:
     addresses: list[str] = []
     for item in items:
         if item.startswith("dns:///"):
-            host, port = item[len("dns:///"):].rsplit(":", 1)
+            host, port = item[len("dns:///") :].rsplit(":", 1)
             resolved = sorted({info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
             addresses += [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in resolved]
         else:
@@ -81,7 +83,9 @@ M = TypeVar("M", bound=Member)
 class ReplicaPool(Generic[M]):
     """The members of one service and which of them take traffic now."""
 
-    def __init__(self, service: str, members: list[M], wait_s: float, recover: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, service: str, members: list[M], wait_s: float, recover: Callable[[], None] = lambda: None
+    ) -> None:
         if not members:
             raise ValueError(f"{service}: no replicas")
         self.service, self.members, self.wait_s, self.recover = service, members, wait_s, recover
@@ -132,7 +136,9 @@ class ReplicaPool(Generic[M]):
             delay = backoff_s(attempt)
             if time.monotonic() + delay > deadline:
                 reasons = "; ".join(f"{m.name}: {m.reason}" for m in self.members if not m.in_rotation)
-                raise ReplicasUnavailable(f"{self.service}: {what} found no replica to serve it within {self.wait_s:.0f} s ({reasons})")
+                raise ReplicasUnavailable(
+                    f"{self.service}: {what} found no replica to serve it within {self.wait_s:.0f} s ({reasons})"
+                )
             log.warning("%s: %s waits %.1f s for a replica (attempt %d)", self.service, what, delay, attempt + 1)
             time.sleep(delay)
         raise AssertionError("unreachable")

@@ -1,4 +1,4 @@
-"""`train-rm`: trains a reward model from human feedback and writes a servable checkpoint.
+"""`rlhf-reward train`: trains a reward model from human feedback and writes a servable checkpoint.
 
 A sequence-classification backbone with one scalar head (default: the packaged
 all-MiniLM-L6-v2 encoder with a fresh head; any Hugging Face encoder or decoder
@@ -44,10 +44,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from services.clients.reward import publish_checkpoint
 from services.common.config import describe, load_config, option
+from services.common.model_store import minilm_dir
 from services.common.server import setup_logging
-from services.trainer.preferences import Feedback, PairwisePreference, RankedPreference, Rating, load_feedback
+from services.reward.backend import checkpoint_version, require_checkpoint_dir
+from services.reward.classifier import encode_pairs
+from services.reward.training.preferences import Feedback, PairwisePreference, RankedPreference, Rating, load_feedback
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +191,6 @@ def comparisons(records: Sequence[Feedback]) -> list[tuple[str, str, str]]:
 
 def load_backbone(path: Path, device: torch.device):
     """Tokenizer and a num_labels=1 sequence classifier; a head the checkpoint lacks starts fresh (and is logged)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from services.reward.backend import require_checkpoint_dir
-
     require_checkpoint_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -215,8 +216,6 @@ class RewardModelTrainer:
     """Holds the model and data; `run()` trains, evaluates and writes the checkpoint."""
 
     def __init__(self, config: RewardTrainingConfig) -> None:
-        from services.common.model_store import minilm_dir
-
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -232,8 +231,6 @@ class RewardModelTrainer:
             cut = max(1, int(len(shuffled) * config.heldout_fraction))
             self.heldout_records, self.train_records = shuffled[:cut], shuffled[cut:]
         self.tokenizer, self.model = load_backbone(self.base, self.device)
-        from services.reward.classifier import encode_pairs
-
         self._encode = encode_pairs
 
     # -- scoring --
@@ -313,7 +310,11 @@ class RewardModelTrainer:
         before = self.evaluate(self.heldout_records)
         log.info(
             "train-rm base=%s train_records=%d heldout_records=%d steps=%d heldout_accuracy_before=%s",
-            self.base, len(self.train_records), len(self.heldout_records), total, _fmt(before["pairwise_accuracy"]),
+            self.base,
+            len(self.train_records),
+            len(self.heldout_records),
+            total,
+            _fmt(before["pairwise_accuracy"]),
         )
         history, step, train_loss = [], 0, math.nan
         self.model.train()
@@ -338,7 +339,11 @@ class RewardModelTrainer:
                 history.append({"epoch": epoch, "step": step, "train_loss": train_loss, **heldout})
                 log.info(
                     "epoch=%d step=%d train_loss=%.4f heldout_loss=%.4f heldout_accuracy=%s",
-                    epoch, step, train_loss, heldout["loss"], _fmt(heldout["pairwise_accuracy"]),
+                    epoch,
+                    step,
+                    train_loss,
+                    heldout["loss"],
+                    _fmt(heldout["pairwise_accuracy"]),
                 )
                 if step >= total:
                     break
@@ -355,7 +360,7 @@ class RewardModelTrainer:
         path = self.save(summary)
         summary.update(path=str(path), version=json.loads((path / METADATA_FILE).read_text())["version"])
         if config.publish_address:
-            summary["published"] = publish(config.publish_address, config.publish_model, path)
+            summary["published"] = publish_checkpoint(config.publish_address, config.publish_model, path)
         return summary
 
     def _objective(self) -> str:
@@ -367,8 +372,6 @@ class RewardModelTrainer:
 
     def save(self, summary: dict[str, Any]) -> Path:
         """Writes `<output_dir>/vNNNN/` aside, then renames it into place."""
-        from services.reward.backend import checkpoint_version
-
         root = Path(self.config.output_dir)
         root.mkdir(parents=True, exist_ok=True)
         target = next_version_dir(root)
@@ -418,33 +421,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def publish(address: str, model: str, path: Path) -> dict[str, Any]:
-    """Hot-swaps the checkpoint into a running reward service (LoadModel when the name is new)."""
-    import grpc
-
-    from rlhf.v1 import reward_pb2, reward_pb2_grpc
-    from services.common.client import open_channel
-
-    declaration = reward_pb2.ModelDeclaration(
-        name=model, kind=reward_pb2.REWARD_KIND_CLASSIFIER, path=str(path.resolve())
-    )
-    with open_channel(address) as channel:
-        stub = reward_pb2_grpc.RewardAdminServiceStub(channel)
-        try:
-            reply = stub.PublishVersion(reward_pb2.PublishVersionRequest(model=declaration), timeout=300)
-            result = {"model": reply.model, "version": reply.version, "previous_version": reply.previous_version}
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-            loaded = stub.LoadModel(reward_pb2.LoadModelRequest(model=declaration), timeout=300)
-            result = {"model": loaded.model.name, "version": loaded.model.version, "previous_version": ""}
-    log.info("published %s to %s as %s version=%s", path, address, model, result["version"])
-    return result
-
-
 def main(argv: list[str]) -> None:
-    """`python -m services.trainer train-rm [flags]`: prints the summary as JSON."""
-    config = load_config(RewardTrainingConfig, argv, env_prefix="RLHF_RM_", prog="rlhf-trainer train-rm")
+    """`rlhf-reward train [flags]`: prints the summary as JSON."""
+    config = load_config(RewardTrainingConfig, argv, env_prefix="RLHF_RM_", prog="rlhf-reward train")
     setup_logging(config.log_level)
     log.info("train-rm config:\n%s", describe(config))
     summary = RewardModelTrainer(config).run()

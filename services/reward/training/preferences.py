@@ -8,7 +8,8 @@ kept for people and ignored by training):
     {"prompt": ..., "completion": ..., "rating": 7.0}               pointwise rating
 
 The simulated labeler stands in for human raters on book-review prompts. Its hidden
-preference function (`SimulatedLabeler.utility`, which a reward model never sees)
+preference function (`SimulatedLabeler.utility`, which a reward model never sees; the one
+simulated-preference model in simulated_preference.py, which the online users share)
 prefers reviews that are specific to the book asked about, well formed and free of
 filler: it rewards coverage of the book's own reference review, penalizes vague
 words, truncation, broken casing or punctuation, repetition loops and wrong length.
@@ -18,7 +19,7 @@ templates below were written for this project. Pairs are kept only when the
 utility gap is at least `min_gap`, so the preferred review is plainly better;
 `noise_temperature` > 0 makes the labeler err like a person (Bradley-Terry noise).
 
-The shipped data were generated with `python -m services.trainer simulate-preferences` and:
+The shipped data were generated with `rlhf-reward simulate-preferences` and:
 
     --prompts-file data/book_reviews.jsonl         --format pairwise --per-prompt 6 --seed 0
         --output data/preferences.jsonl
@@ -44,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.config import option
-from services.trainer.data import PromptRow, load_prompts
+from services.common.config import load_config, option
+from services.common.prompts import PromptRow, load_prompts
+from services.reward.training.simulated_preference import SimulatedLabeler, sentences, title_of
 
 # ---- records ----------------------------------------------------------------------------
 
@@ -206,35 +208,12 @@ IRRELEVANT_REPLIES = (
     "Photosynthesis is the process by which plants use sunlight, water and carbon dioxide to produce glucose "
     "and oxygen.",
     "As an AI language model, I do not have personal opinions about books or anything else.",
-    "The quarterly report shows revenue growth of four percent, driven mainly by strong sales in the northern "
-    "region.",
+    "The quarterly report shows revenue growth of four percent, driven mainly by strong sales in the northern region.",
     "Sure! Here are ten fun facts about octopuses: they have three hearts, blue blood, and can change color in "
     "an instant.",
 )
 
 FLAWS = ("generic", "off_topic", "truncated", "repetitive", "short", "irrelevant", "unpunctuated")
-
-_TITLE_PATTERNS = (
-    re.compile(r"tell me what you liked about (?P<t>.+?)\.$"),
-    re.compile(r"(?:review of|think of|opinion of) (?P<t>.+?)(?: by [A-Z].*?)?[?.]$"),
-    re.compile(r"^Review (?P<t>.+?) in (?:a few|two or three) sentences\.$"),
-    re.compile(r"(?:sentences, review|you review) (?P<t>.+?)(?: by [A-Z].*?)?[?.]$"),
-)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def title_of(prompt: str) -> str:
-    """The book a prompt asks about ("this book" when no known phrasing matches)."""
-    for pattern in _TITLE_PATTERNS:
-        match = pattern.search(prompt)
-        if match:
-            title = match.group("t").strip()
-            return title[0].upper() + title[1:]
-    return "this book"
-
-
-def sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE.split(text.strip()) if s]
 
 
 class CandidateWriter:
@@ -277,86 +256,17 @@ class CandidateWriter:
         raise ValueError(f"unknown flaw {flaw!r}; known: {list(FLAWS)}")
 
 
-# ---- the simulated labeler ----------------------------------------------------------------
-
-_WORD = re.compile(r"[A-Za-z']+")
-_STOPWORDS = frozenset(
-    """about above after again against also among because been before being below between both could does
-    doing down during each even every from further have having here into itself just more most much must
-    never only other over same should since some such than that their them then there these they this those
-    through under until very what when where which while will with would your""".split()
-)
-VAGUE_WORDS = frozenset(
-    """good great nice really very interesting liked like enjoyed enjoy amazing awesome wonderful stuff things
-    thing lot fun cool okay fine pretty overall definitely recommend recommended everyone anyone""".split()
-)
-
-
-def _content_words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text) if len(w) > 3 and w.lower() not in _STOPWORDS}
-
-
-class SimulatedLabeler:
-    """A rater with a hidden preference function over book reviews (see the module docstring)."""
-
-    def __init__(self, rows: Sequence[PromptRow], noise_temperature: float = 0.0) -> None:
-        if noise_temperature < 0:
-            raise ValueError(f"noise_temperature must be >= 0, got {noise_temperature}")
-        self.references = {row.prompt: row.reference or "" for row in rows}
-        self.noise_temperature = noise_temperature
-
-    def utility(self, prompt: str, completion: str) -> float:
-        """Higher is better. About 6-7 for the reference review, below 2 for filler or wrong-book text."""
-        words = _WORD.findall(completion)
-        if not words:
-            return -10.0
-        reference = _content_words(self.references[prompt])
-        own = _content_words(completion)
-        coverage = len(own & reference) / max(1, len(reference))  # how much of the book's substance it conveys
-        precision = len(own & reference) / max(1, len(own))  # how much of what it says is about this book
-        vague = sum(w.lower() in VAGUE_WORDS for w in words) / len(words)
-        text = completion.strip()
-        parts = sentences(text)
-        formed = (
-            0.5 * (text[-1] in ".!?")
-            + 0.25 * text[0].isupper()
-            + 0.25 * sum(p[0].isupper() for p in parts) / len(parts)
-        )
-        trigrams = [tuple(w.lower() for w in words[i : i + 3]) for i in range(len(words) - 2)]
-        repeats = 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
-        n = len(words)
-        length_penalty = max(0.0, (30 - n) / 30) + max(0.0, (n - 100) / 100)
-        return 3 * coverage + precision + 3 * formed - 3 * vague - 4 * repeats - 2 * length_penalty
-
-    def prefers_first(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
-        gap = self.utility(prompt, a) - self.utility(prompt, b)
-        if self.noise_temperature == 0:
-            return gap > 0
-        return rng.random() < 1 / (1 + math.exp(-gap / self.noise_temperature))
-
-    def rank(self, prompt: str, completions: Sequence[str], rng: random.Random) -> list[str]:
-        """Best first. With noise, a Plackett-Luce draw over exp(utility / temperature)."""
-        remaining = list(completions)
-        if self.noise_temperature == 0:
-            return sorted(remaining, key=lambda c: -self.utility(prompt, c))
-        ranking = []
-        while remaining:
-            weights = [math.exp(self.utility(prompt, c) / self.noise_temperature) for c in remaining]
-            ranking.append(remaining.pop(rng.choices(range(len(remaining)), weights)[0]))
-        return ranking
-
-    def rate(self, prompt: str, completion: str, rng: random.Random) -> float:
-        """A 1-10 rating (with noise of `noise_temperature` points when set)."""
-        noisy = self.utility(prompt, completion) + 3 + rng.gauss(0, self.noise_temperature)
-        return float(min(10, max(1, round(noisy))))
-
-
 # ---- generating data --------------------------------------------------------------------
 
 
 def _flawed_candidate(
-    writer: CandidateWriter, labeler: SimulatedLabeler, row: PromptRow, good: str, flaw: str,
-    rng: random.Random, min_gap: float,
+    writer: CandidateWriter,
+    labeler: SimulatedLabeler,
+    row: PromptRow,
+    good: str,
+    flaw: str,
+    rng: random.Random,
+    min_gap: float,
 ) -> tuple[str, str] | None:
     """A completion with `flaw` (or the next flaws) at least `min_gap` worse than `good`."""
     for attempt in range(len(FLAWS)):
@@ -427,7 +337,7 @@ def generate_ratings(
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """Write preference data judged by the simulated labeler (see services/trainer/preferences.py)."""
+    """Write preference data judged by the simulated labeler (see services/reward/training/preferences.py)."""
 
     prompts_file: str = option("data/book_reviews.jsonl", "JSONL prompts with reference reviews to write about.")
     output: str = option("", "JSONL file to write; empty = standard output.")
@@ -457,10 +367,8 @@ def simulate(config: SimulateConfig) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    """`python -m services.trainer simulate-preferences [flags]`."""
-    from services.common.config import load_config
-
-    config = load_config(SimulateConfig, argv, "RLHF_SIMULATE_", prog="rlhf-trainer simulate-preferences")
+    """`rlhf-reward simulate-preferences [flags]`."""
+    config = load_config(SimulateConfig, argv, "RLHF_SIMULATE_", prog="rlhf-reward simulate-preferences")
     count = write_jsonl(simulate(config), config.output or None)
     if config.output:
         print(f"wrote {count} {config.format} records to {config.output}", file=sys.stderr)

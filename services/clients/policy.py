@@ -1,54 +1,64 @@
-"""gRPC clients for the trainer: the only way it reaches the policy and reward services.
+"""The policy service's client: the one way the trainer, the online loop, the load tester and the tests call it.
 
-Both services may run as several replicas (comma-separated addresses, or
+The policy may run as several replicas (comma-separated addresses, or
 `dns:///name:port` for every address a name resolves to). Generation is split over
 every policy replica in rotation, and each new weight version goes to all of them
 in parallel under one explicit version number, so a sample's `weight_version` names
 the same weights whichever replica made it. A replica that misses a push (down,
 restarted, timed out) leaves the rotation and is brought back with a full push of
 the current weights; one that someone else pushed to or rolled back is left out
-(never overwritten). Reward calls go round-robin with failover; a reward replica
-whose model lags another's is left out until it catches up.
+(never overwritten).
+
+Every push carries a push id chosen here (`<writer>-v<version>-<random>`), which the
+server records with the version and reports in `GetStatus.current`. Whether a push
+landed, and whether a replica serves weights this client made, is decided from that
+identity, never from the version number alone: another writer's push may take a
+number first, and a rollback lowers `weight_version` to a number this client used.
+
+`PolicyReplica` is one server (blocking calls with retries); `PolicyClient` keeps a set of
+them at one weight version; `PolicyCaller` is the asyncio face the load tester times calls with.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import grpc
 import torch
 
-from rlhf.v1 import policy_pb2, policy_pb2_grpc, reward_pb2, reward_pb2_grpc
+from rlhf.v1 import policy_pb2, policy_pb2_grpc
+from services.clients import metrics
+from services.clients.replica_pool import ReplicaPool, ReplicasUnavailable, split_addresses, with_retries
+from services.clients.timing import RequestResult, failure
 from services.common.client import open_channel
-from services.common.replica_pool import ReplicaPool, ReplicasUnavailable, split_addresses, with_retries
 from services.common.weight_stream import push_requests
-from services.trainer import metrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PolicyClient", "PolicyReplica", "ReplicasUnavailable", "RewardClient", "with_retries"]
+__all__ = ["PolicyCaller", "PolicyClient", "PolicyReplica", "ReplicasUnavailable", "with_retries"]
 
 PROBE_TIMEOUT_S = 5.0
 FullWeights = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 
 
-def _with_version(requests: Iterator[policy_pb2.PushWeightsRequest], version: int | None):
-    """The push stream with PushBegin.version set on its first message."""
-    for request in requests:
-        if version is not None and request.HasField("begin"):
-            request.begin.version = version
-        yield request
+def new_writer_id() -> str:
+    """Names one pusher (a trainer's client, an online loop's replica) in the push ids it sends."""
+    return uuid.uuid4().hex[:12]
 
 
 class PolicyReplica:
     """One policy server: generation, status, and the admin calls a push or rollout needs."""
 
-    def __init__(self, name: str, address: str, timeout_s: float = 300.0, retries: int = 3) -> None:
+    def __init__(
+        self, name: str, address: str, timeout_s: float = 300.0, retries: int = 3, writer: str | None = None
+    ) -> None:
         self.name, self.address = name, address
+        self.writer = writer or new_writer_id()  # prefix of every push id this client sends
         self.channel = open_channel(address)
         self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
         self.timeout_s, self.retries = timeout_s, retries
@@ -59,13 +69,16 @@ class PolicyReplica:
     def status(self, retries: int | None = None, timeout_s: float = 30.0) -> policy_pb2.GetStatusResponse:
         reply = with_retries(
             lambda: self.stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=timeout_s),
-            f"{self.name} GetStatus", self.retries if retries is None else retries,
+            f"{self.name} GetStatus",
+            self.retries if retries is None else retries,
         )
         self.version, self.highest = reply.weight_version, reply.highest_version
         return reply
 
     def generate(self, request: policy_pb2.GenerateRequest) -> policy_pb2.GenerateResponse:
-        return with_retries(lambda: self.stub.Generate(request, timeout=self.timeout_s), f"{self.name} Generate", self.retries)
+        return with_retries(
+            lambda: self.stub.Generate(request, timeout=self.timeout_s), f"{self.name} Generate", self.retries
+        )
 
     def push(
         self,
@@ -76,28 +89,59 @@ class PolicyReplica:
         expected_version: int | None = None,
         retries: int | None = None,
     ) -> policy_pb2.PushWeightsResponse:
+        """Pushes `tensors` under a fresh push id; every retry of it sends the same id."""
         items = list(tensors)
+        push_id = f"{self.writer}-v{version if version is not None else 'auto'}-{uuid.uuid4().hex[:8]}"
         try:
             reply = with_retries(
                 lambda: self.stub.PushWeights(
-                    _with_version(push_requests(items, chunk_bytes, expected_version, note), version), timeout=self.timeout_s
+                    push_requests(items, chunk_bytes, expected_version, note, version=version, push_id=push_id),
+                    timeout=self.timeout_s,
                 ),
-                f"{self.name} PushWeights", self.retries if retries is None else retries,
+                f"{self.name} PushWeights",
+                self.retries if retries is None else retries,
             )
         except grpc.RpcError as exc:
-            # A retry after a lost reply finds its own number taken: the first attempt applied.
-            if version is None or exc.code() != grpc.StatusCode.FAILED_PRECONDITION or self.status().weight_version != version:
+            # A retry after a lost reply is refused (its number is taken): it landed only if the
+            # replica serves that number under this push's id, not merely the number.
+            if version is None or exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-            reply = policy_pb2.PushWeightsResponse(weight_version=version)
+            status = self.status()
+            if status.weight_version != version or status.current.push_id != push_id:
+                raise
+            reply = policy_pb2.PushWeightsResponse(
+                weight_version=version, push_id=push_id, sha256=status.current.sha256
+            )
         self.version, self.highest = reply.weight_version, max(self.highest, reply.weight_version)
-        log.info("%s: pushed version %d (%s)", self.name, reply.weight_version, note)
+        log.info("%s: pushed version %d push_id=%s (%s)", self.name, reply.weight_version, push_id, note)
         return reply
+
+    def made(self, info: policy_pb2.WeightVersionInfo) -> bool:
+        """Whether a version's recorded push came from this writer."""
+        return info.origin == policy_pb2.VERSION_ORIGIN_PUSH and info.push_id.startswith(f"{self.writer}-")
+
+    def foreign_state(self, status: policy_pb2.GetStatusResponse) -> str:
+        """Why this replica's weights are not this writer's to change ("" if they are): a rollback or another's push."""
+        current = status.current
+        if current.origin == policy_pb2.VERSION_ORIGIN_ROLLBACK:
+            return (
+                f"rolled back to version {status.weight_version} ({status.version_note!r}); "
+                "left as the operator left it"
+            )
+        if current.origin == policy_pb2.VERSION_ORIGIN_PUSH and not self.made(current):
+            return (
+                f"serves version {status.weight_version} from a push this trainer did not make "
+                f"(push_id {current.push_id or 'none'!r}); not overwriting another writer's weights"
+            )
+        return ""
 
     def rollback(self, version: int | None, reason: str) -> policy_pb2.RollbackResponse:
         request = policy_pb2.RollbackRequest(reason=reason[:256])
         if version is not None:
             request.version = version
-        reply = with_retries(lambda: self.stub.Rollback(request, timeout=self.timeout_s), f"{self.name} Rollback", self.retries)
+        reply = with_retries(
+            lambda: self.stub.Rollback(request, timeout=self.timeout_s), f"{self.name} Rollback", self.retries
+        )
         log.info("%s: rolled back %d -> %d (%s)", self.name, reply.previous_version, reply.weight_version, reason)
         return reply
 
@@ -111,7 +155,11 @@ class PolicyClient:
     def __init__(self, address: str | Iterable[str], timeout_s: float, retries: int, wait_s: float = 300.0) -> None:
         addresses = split_addresses(address)
         named = len(addresses) > 1
-        self.replicas = [PolicyReplica(f"policy[{i}]" if named else "policy", a, timeout_s, retries) for i, a in enumerate(addresses)]
+        self.writer = new_writer_id()  # one writer over every replica: its push ids mark the trainer's weights
+        self.replicas = [
+            PolicyReplica(f"policy[{i}]" if named else "policy", a, timeout_s, retries, self.writer)
+            for i, a in enumerate(addresses)
+        ]
         self.pool = ReplicaPool("policy", self.replicas, wait_s, self.recover)
         self.retries = retries
         self.version = 0  # the version every replica in rotation serves
@@ -176,10 +224,14 @@ class PolicyClient:
             part.request_id = f"{request.request_id}-part{i}" if request.request_id else ""
             parts.append(part)
         with ThreadPoolExecutor(shards, thread_name_prefix="generate") as workers:
-            replies = list(workers.map(
-                lambda ip: self.pool.call(lambda r: r.stub.Generate(ip[1], timeout=r.timeout_s), "Generate", prefer=ip[0]),
-                enumerate(parts),
-            ))
+            replies = list(
+                workers.map(
+                    lambda ip: self.pool.call(
+                        lambda r: r.stub.Generate(ip[1], timeout=r.timeout_s), "Generate", prefer=ip[0]
+                    ),
+                    enumerate(parts),
+                )
+            )
         merged = policy_pb2.GenerateResponse()
         for reply in replies:
             merged.results.extend(reply.results)
@@ -207,7 +259,9 @@ class PolicyClient:
                     try:
                         accepted.append(future.result())
                     except grpc.RpcError as exc:
-                        self.pool.take_out(replica, f"missed push of version {target}: {exc.code().name} ({exc.details()})")
+                        self.pool.take_out(
+                            replica, f"missed push of version {target}: {exc.code().name} ({exc.details()})"
+                        )
             self.version = target
             if not accepted:  # nobody took the changed tensors: wait until recover() catches one up with all of them
                 self.pool.call(lambda replica: replica, f"push of version {target} ({note})")
@@ -228,22 +282,40 @@ class PolicyClient:
                     continue  # still down
                 if status.state == policy_pb2.ENGINE_STATE_FAILED:
                     continue
-                if status.weight_version == self.version:
+                foreign = replica.foreign_state(status)
+                if foreign:
+                    if replica.reason != f"diverged: {foreign}":
+                        replica.reason = f"diverged: {foreign}"
+                        log.error("%s: %s", replica.name, replica.reason)
+                elif status.weight_version == self.version:
                     self.pool.put_back(replica)
                 elif status.highest_version >= self.version:
-                    replica.reason = (f"diverged: serves version {status.weight_version} (highest {status.highest_version}) "
-                                      f"while the trainer is at {self.version}; not overwriting another writer's weights")
+                    replica.reason = (
+                        f"diverged: serves version {status.weight_version} (highest {status.highest_version}) "
+                        f"while the trainer is at {self.version}; not overwriting another writer's weights"
+                    )
                     log.error("%s: %s", replica.name, replica.reason)
                 elif self.full_weights is None:
                     replica.reason = f"behind at version {status.weight_version}; no weights to catch it up with"
                 else:
                     try:
-                        replica.push(self.full_weights(), self.version, f"catch-up to version {self.version}",
-                                     self.chunk_bytes, status.weight_version, retries=0)
+                        replica.push(
+                            self.full_weights(),
+                            self.version,
+                            f"catch-up to version {self.version}",
+                            self.chunk_bytes,
+                            status.weight_version,
+                            retries=0,
+                        )
                     except grpc.RpcError as exc:
                         replica.reason = f"catch-up failed: {exc.code().name} ({exc.details()})"
                         continue
-                    log.info("%s caught up from version %d to %d with a full push", replica.name, status.weight_version, self.version)
+                    log.info(
+                        "%s caught up from version %d to %d with a full push",
+                        replica.name,
+                        status.weight_version,
+                        self.version,
+                    )
                     self.pool.put_back(replica)
             self._export()
 
@@ -252,58 +324,59 @@ class PolicyClient:
             replica.close()
 
 
-@dataclass
-class RewardReplica:
-    name: str
-    address: str
-    channel: grpc.Channel
-    stub: reward_pb2_grpc.RewardServiceStub
-    in_rotation: bool = True
-    reason: str = ""
-    latest: dict[str, str] = field(default_factory=dict)  # model -> latest version, as last listed
+class PolicyCaller:
+    """Generate / GenerateStream on one asyncio channel, each call timed (`RequestResult`)."""
 
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self.stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        self.timeout_s = timeout_s
 
-class RewardClient:
-    """Reward replicas behind round-robin with failover; lagging model versions leave the rotation."""
+    async def vocab_size(self) -> int:
+        """Synthetic prompts need the served tokenizer's vocabulary size."""
+        status = await self.stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=self.timeout_s)
+        return int(status.vocab_size)
 
-    def __init__(self, address: str | Iterable[str], timeout_s: float, retries: int, wait_s: float = 300.0) -> None:
-        addresses = split_addresses(address)
-        named = len(addresses) > 1
-        self.replicas = []
-        for i, a in enumerate(addresses):
-            channel = open_channel(a)
-            self.replicas.append(RewardReplica(f"reward[{i}]" if named else "reward", a, channel, reward_pb2_grpc.RewardServiceStub(channel)))
-        self.pool = ReplicaPool("reward", self.replicas, wait_s, self.recover)
-        self.timeout_s, self.retries = timeout_s, retries
-        self.models: tuple[str, ...] = ()  # models whose versions must agree across replicas (set by the trainer)
+    async def generate_stream(self, request: policy_pb2.GenerateRequest) -> RequestResult:
+        started = time.perf_counter()
+        first_token = last_token = None
+        gaps: list[float] = []
+        input_tokens = output_tokens = 0
+        try:
+            async for message in self.stub.GenerateStream(request, timeout=self.timeout_s):
+                now = time.perf_counter()
+                input_tokens += len(message.prompt_token_ids)
+                if not message.token_ids:
+                    continue
+                if first_token is None:
+                    first_token = now
+                else:
+                    gaps.append(now - last_token)
+                last_token = now
+                output_tokens += len(message.token_ids)
+        except grpc.aio.AioRpcError as exc:
+            return failure(started, exc)
+        end = last_token if last_token is not None else time.perf_counter()
+        return RequestResult(
+            started=started,
+            success=True,
+            e2el=end - started,
+            ttft=None if first_token is None else first_token - started,
+            itl=tuple(gaps),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
 
-    def score(self, model: str, items: list[reward_pb2.ScoreItem]) -> reward_pb2.ScoreResponse:
-        request = reward_pb2.ScoreRequest(model=model, items=items)
-        return self.pool.call(lambda r: r.stub.Score(request, timeout=self.timeout_s), f"Score({model})")
-
-    def recover(self) -> None:
-        """Lists every replica's models; out of rotation: unreachable ones and those behind another replica."""
-        listed: dict[str, reward_pb2.ListModelsResponse] = {}
-        for replica in self.replicas:
-            try:
-                listed[replica.name] = replica.stub.ListModels(reward_pb2.ListModelsRequest(), timeout=PROBE_TIMEOUT_S)
-            except grpc.RpcError as exc:
-                self.pool.take_out(replica, f"ListModels: {exc.code().name}")
-        older: dict[str, set[str]] = {}  # model -> versions some replica has replaced with a newer one
-        for reply in listed.values():
-            for info in reply.models:
-                older.setdefault(info.name, set()).update(info.loaded_versions[:-1])
-        for replica in self.replicas:
-            if replica.name not in listed:
-                continue
-            replica.latest = {info.name: info.version for info in listed[replica.name].models}
-            behind = [f"{m}@{replica.latest[m]}" for m in self.models if replica.latest.get(m) in older.get(m, set())]
-            if behind:
-                self.pool.take_out(replica, f"serves older reward model versions: {', '.join(behind)}")
-            else:
-                self.pool.put_back(replica)
-        metrics.REPLICAS_IN_ROTATION.labels("reward").set(len(self.pool.live()))
-
-    def close(self) -> None:
-        for replica in self.replicas:
-            replica.channel.close()
+    async def generate(self, request: policy_pb2.GenerateRequest) -> RequestResult:
+        started = time.perf_counter()
+        try:
+            reply = await self.stub.Generate(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return failure(started, exc)
+        elapsed = time.perf_counter() - started
+        return RequestResult(
+            started=started,
+            success=True,
+            e2el=elapsed,
+            input_tokens=sum(len(result.prompt_token_ids) for result in reply.results),
+            output_tokens=sum(len(sample.token_ids) for result in reply.results for sample in result.samples),
+        )

@@ -1,0 +1,163 @@
+"""Named prompt templates: a system prompt plus a format around the row's prompt, the same in every program.
+
+The trainer, the evaluator and the load tester all turn a prompt row into the text
+they send with `Templates.render`, so a template tuned in training is exactly what
+evaluation and load tests send. Templates live in a TOML file:
+
+    [templates.critic]
+    system = "You are a terse literary critic."
+    format = "Review this book in two sentences: {prompt}"
+
+`format` must contain `{prompt}` and may contain `{system}` (literal braces: `{{ }}`).
+The policy API has no system turn yet (policy.proto's Prompt is one user message), so a
+system prompt the format does not place itself goes before the formatted prompt,
+separated by a blank line, inside the user turn.
+
+Which template a row gets: the row's own `template`, else its task's, else the
+configured default, else none (the prompt unchanged, reported as "none").
+
+The template's name is recorded with every sample through the request id (the one
+per-request field the experience store keeps): `<id>-tpl_<name>`; `template_of` reads
+it back, so feedback on live traffic can be grouped by template.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import option
+
+NONE = "none"
+NAME = re.compile(r"^[A-Za-z0-9_]{1,24}$")  # fits a request id (letters, digits, '-', '_'; <= 64 in all)
+MARKER = "-tpl_"
+_FIELDS = {"prompt", "system"}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    system: str = ""
+    format: str = "{prompt}"
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise ValueError(f"template name {self.name!r}: 1-24 letters, digits or '_'")
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(self.format) if field is not None}
+        except ValueError as exc:
+            raise ValueError(f"template {self.name!r}: format is not a valid format string ({exc})") from exc
+        if "prompt" not in fields or not fields <= _FIELDS:
+            raise ValueError(
+                f"template {self.name!r}: format must contain {{prompt}} and no fields but {{prompt}}, {{system}}; "
+                f"got {sorted(fields)}"
+            )
+
+    def render(self, prompt: str) -> str:
+        text = self.format.format(prompt=prompt, system=self.system)
+        if self.system and "{system}" not in self.format:
+            return f"{self.system}\n\n{text}"
+        return text
+
+
+IDENTITY = PromptTemplate(NONE)
+
+
+@dataclass(frozen=True)
+class TemplateSettings:
+    """Named prompt templates (system prompt + format) applied to every prompt sent."""
+
+    file: str = option("", "TOML with [templates.<name>] tables (system, format). Empty: no templates.")
+    default: str = option(
+        "", "Template for rows that name none (neither theirs nor their task's). Empty: the prompt as it is."
+    )
+
+    def __post_init__(self) -> None:
+        if self.default and not self.file:
+            raise ValueError(f"templates.default={self.default!r} needs templates.file (the TOML that defines it)")
+
+
+def load_templates(path: str | Path) -> dict[str, PromptTemplate]:
+    """[templates.<name>] tables of a TOML file; errors name the file and the template."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ValueError(f"templates {path}: cannot read it ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"templates {path}: not valid TOML ({exc})") from exc
+    tables = document.get("templates")
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"templates {path}: no [templates.<name>] tables")
+    templates = {}
+    for name, table in tables.items():
+        unknown = set(table) - {"system", "format"} if isinstance(table, dict) else {"(not a table)"}
+        if unknown:
+            raise ValueError(
+                f"templates {path}: [templates.{name}] has unknown keys {sorted(unknown)} (known: system, format)"
+            )
+        try:
+            templates[name] = PromptTemplate(name, str(table.get("system", "")), str(table.get("format", "{prompt}")))
+        except ValueError as exc:
+            raise ValueError(f"templates {path}: {exc}") from exc
+    if NONE in templates:
+        raise ValueError(f"templates {path}: {NONE!r} is reserved for 'no template'")
+    return templates
+
+
+class Templates:
+    """Resolves and applies the template of each prompt row."""
+
+    def __init__(
+        self,
+        templates: dict[str, PromptTemplate] | None = None,
+        default: str = "",
+        task_templates: dict[str, str] | None = None,
+    ) -> None:
+        self.templates = dict(templates or {})
+        self.default, self.task_templates = default, dict(task_templates or {})
+        for where, name in [
+            ("templates.default", default),
+            *((f"task {t}", n) for t, n in self.task_templates.items()),
+        ]:
+            if name and name not in self.templates:
+                raise ValueError(f"{where}: unknown template {name!r} (defined: {sorted(self.templates) or 'none'})")
+
+    @classmethod
+    def from_settings(cls, settings: TemplateSettings, task_templates: dict[str, str] | None = None) -> Templates:
+        return cls(load_templates(settings.file) if settings.file else {}, settings.default, task_templates)
+
+    def check_rows(self, rows, source: str) -> None:
+        """Every template a row names must exist (fail at start, not mid-run)."""
+        missing = sorted({row.template for row in rows if row.template and row.template not in self.templates})
+        if missing:
+            raise ValueError(
+                f"{source}: rows name unknown templates {missing} (defined: {sorted(self.templates) or 'none'})"
+            )
+
+    def resolve(self, row) -> PromptTemplate:
+        name = row.template or self.task_templates.get(getattr(row, "task", ""), "") or self.default
+        if not name:
+            return IDENTITY
+        if name not in self.templates:
+            raise ValueError(f"unknown template {name!r} (defined: {sorted(self.templates) or 'none'})")
+        return self.templates[name]
+
+    def render(self, row) -> tuple[str, str]:
+        """(the text to send, the template's name)."""
+        template = self.resolve(row)
+        return template.render(row.prompt), template.name
+
+
+def tagged_request_id(base: str, template: str) -> str:
+    """`base` with the template's name appended, as the experience store records it."""
+    return f"{base}{MARKER}{template}"
+
+
+def template_of(request_id: str) -> str | None:
+    """The template name a request id carries, or None."""
+    _, marker, name = request_id.rpartition(MARKER)
+    return name if marker and NAME.match(name) else None

@@ -1,0 +1,227 @@
+"""Capacity model (bench/capacity): calibration against committed measurements, arithmetic, simulation.
+
+Fast and engine-free: the calibration tests read the committed result files in bench/results/ and
+fail when a prediction leaves the band stated in bench/capacity/inputs/{local,published}.toml.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from bench.capacity import calibration, inputs
+from bench.capacity.__main__ import main as capacity_main
+from bench.capacity.model import (
+    CapacityModel,
+    Split,
+    min_train_gpus,
+    push_seconds,
+    tensor_parallel,
+)
+from bench.capacity.simulation import SimConfig, simulate
+
+
+@pytest.fixture(scope="module")
+def data() -> inputs.Inputs:
+    return inputs.load()
+
+
+# ---- calibration ------------------------------------------------------------------
+
+
+def test_local_predictions_stay_in_their_bands() -> None:
+    checks = calibration.local_checks()
+    names = {c.name for c in checks}
+    assert {"step.generate", "step.score", "step.train", "step.push", "step.step"} <= names
+    assert any(n.startswith("reward.pairs_per_s@") for n in names)
+    misses = [
+        f"{c.name}: predicted {c.predicted:.3f} vs {c.measured:.3f} ({c.error:+.1%}, band ±{c.band:.0%})"
+        for c in checks
+        if not c.ok
+    ]
+    assert not misses, misses
+
+
+def test_step_total_and_reward_throughput_are_within_20_percent() -> None:
+    """The issue's bar (20%) for the step, generation, push and the reward service; train and score
+    have the wider bands local.toml states (the README says why)."""
+    checks = {c.name: c for c in calibration.local_checks()}
+    step = checks["step.step"].measured
+    for name in ("step.generate", "step.push", "step.step"):
+        assert abs(checks[name].error) <= 0.20, (name, checks[name].error)
+    assert abs(checks["step.train"].error) <= 0.30
+    assert checks["step.score"].measured < 0.1 * step  # the phase with the widest band is small
+    for name, check in checks.items():
+        if name.startswith("reward."):
+            assert abs(check.error) <= 0.20, (name, check.error)
+
+
+def test_async_staleness_matches_step_json() -> None:
+    result = calibration.local_async()
+    assert result["measured_mode"] == result["predicted_staleness"] == 1
+
+
+def test_local_inputs_are_components_not_the_predicted_totals() -> None:
+    config = inputs.read_toml("local.toml")["inputs"]
+    assert "step.json" not in config.values()
+    assert config["trainer_file"] == "capacity.trainer.json"
+    # the reward levels that are predicted are not the one that is read as an input
+    checked = [c.name for c in calibration.local_checks() if c.name.startswith("reward.")]
+    assert "reward.pairs_per_s@1" not in checked and len(checked) == 3
+
+
+def test_published_figures_reproduced(data: inputs.Inputs) -> None:
+    checks = calibration.published_checks(data)
+    counted = [c for c in checks if c.role == "check"]
+    assert len(counted) >= 3
+    misses = [
+        f"{c.name}: {c.predicted:.2f} s vs {c.measured} s ({c.error:+.0%}, band ±{c.band:.0%})"
+        for c in counted
+        if not c.ok
+    ]
+    assert not misses, misses
+    assert all(c.source for c in checks)
+
+
+def test_fitted_per_tensor_cost_is_the_input(data: inputs.Inputs) -> None:
+    fitted = calibration.fitted_per_tensor_s(data)
+    assert fitted == pytest.approx(data.push.per_tensor_s, rel=0.05)
+
+
+# ---- model arithmetic ----------------------------------------------------------------
+
+
+def test_push_paths_arithmetic(data: inputs.Inputs) -> None:
+    gpu, eff, push = data.gpus["H100"], data.efficiency, data.push
+    model = data.models["8B"]
+    gb = model.params * 2 / 1e9
+    link = gpu.nic_gb_s * eff.link
+    bucketed = push_seconds("bucketed", model, 2, gpu, eff, push, 4, 1, 8, True)
+    assert bucketed == pytest.approx(math.ceil(gb * 1000 / push.bucket_mb) * push.per_bucket_s + gb / link)
+    nccl = push_seconds("nccl", model, 2, gpu, eff, push, 4, 1, 8, True)
+    assert nccl == pytest.approx(model.tensors * push.per_tensor_s + gb / link)
+    # broadcasts do not grow with receivers; one gRPC stream per replica through one NIC does
+    assert push_seconds("nccl", model, 2, gpu, eff, push, 400, 1, 8, True) == pytest.approx(nccl)
+    assert push_seconds("grpc", model, 2, gpu, eff, push, 1, 1, 8, True) == pytest.approx(gb / push.grpc_gb_s)
+    many = push_seconds("grpc", model, 2, gpu, eff, push, 400, 1, 8, True)
+    assert many == pytest.approx(400 * gb / link)
+    assert push_seconds("delta", model, 2, gpu, eff, push, 4, 1, 8, True) < 0.1 * bucketed
+    intra = push_seconds("bucketed", model, 2, gpu, eff, push, 4, 1, 8, False)
+    assert intra < bucketed  # NVLink beats the NIC
+    with pytest.raises(ValueError, match="unknown push path"):
+        push_seconds("carrier-pigeon", model, 2, gpu, eff, push, 1, 1, 1, True)
+
+
+def test_shapes_and_memory(data: inputs.Inputs) -> None:
+    gpu = data.gpus["H100"]
+    assert tensor_parallel(data.models["8B"], gpu, 2) == 1
+    assert tensor_parallel(data.models["70B"], gpu, 2) == 4  # 141 GB of weights in half of 4 x 80 GB
+    assert min_train_gpus(data.models["70B"], gpu) == math.ceil(16 * 70.6e9 / (0.7 * 80e9))
+    assert data.models["8B"].kv_bytes_per_token(2) == 2 * 32 * 8 * 128 * 2
+
+
+def test_phase_arithmetic(data: inputs.Inputs) -> None:
+    model, gpu, eff, step = CapacityModel(data), data.gpus["H100"], data.efficiency, data.step
+    policy = data.models["8B"]
+    tokens = step.sequences * (step.prompt_tokens + step.completion_tokens)
+    expected = 8 * policy.params * tokens / (16 * gpu.bf16_tflops * 1e12 * eff.train_mfu)
+    assert model.train_seconds(policy, 16) == pytest.approx(expected)
+    rate = model.reward_pairs_per_s(policy, 1)
+    pair_flops = 2 * policy.params * data.reward.pair_tokens
+    assert rate == pytest.approx(gpu.bf16_tflops * 1e12 * eff.prefill_mfu / pair_flops)
+    replicas, busy = model.reward_replicas_for(100.0, rate)
+    load = 100 * (1 + data.traffic.canary_share) / rate
+    assert replicas == math.ceil(load / eff.reward_target_utilisation) and busy == pytest.approx(load / replicas)
+    assert model.generate_seconds(policy, 8, 1) < model.generate_seconds(policy, 2, 1)  # more replicas, faster
+    assert model.staleness(1.0, 2.0) == step.max_staleness and model.staleness(3.0, 2.0) == 1
+
+
+def test_breakdown_and_table(data: inputs.Inputs) -> None:
+    model = CapacityModel(data)
+    row = model.breakdown(data.models["8B"], 64, Split(24, 32, 8, 1, 1))
+    produce, consume = row.generate + row.score, row.train + row.push
+    assert row.step_async == pytest.approx(max(produce, consume))
+    assert row.step_sync == pytest.approx(produce + consume)
+    assert row.wait == pytest.approx(max(0.0, produce - consume))
+    assert row.push == min(row.push_by_path.values())
+    assert row.bottleneck in ("generation", "reward scoring", "training", "weight push")
+    table = model.table()
+    assert len(table) == len(data.cluster.models) * len(data.cluster.gpu_counts)
+    cell = {(r["model"], r["gpus"]): r for r in table}
+    assert not cell[("70B", 8)]["fits"] and "LoRA" in cell[("70B", 8)]["note"]
+    for r in table:
+        if r["fits"]:
+            assert r["step_async"] <= r["step_sync"]
+            split = r["split"]
+            assert split["generation_gpus"] + split["train_gpus"] + split["reward_gpus"] == r["gpus"]
+    assert cell[("8B", 512)]["step_async"] < cell[("8B", 64)]["step_async"] < cell[("8B", 8)]["step_async"]
+
+
+def test_unknown_input_key_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown keys"):
+        inputs._build(inputs.Traffic, {"live_requests_per_s": 1.0, "canary_share": 0.1, "canary_shar": 0.2})
+
+
+# ---- simulation ------------------------------------------------------------------------
+
+
+BASE = SimConfig(
+    generate_s=4.0,
+    train_s=6.0,
+    push_s=0.5,
+    pairs_per_batch=256,
+    reward_pair_s=0.002,
+    policy_replicas=4,
+    reward_replicas=2,
+    live_requests_per_s=50.0,
+    canary_share=0.1,
+    max_staleness=2,
+    steps=25,
+    seed=7,
+)
+
+
+def test_simulation_is_deterministic() -> None:
+    first, again = simulate(BASE), simulate(BASE)
+    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
+    assert simulate(replace(BASE, seed=8))["step_s"] != first["step_s"]
+
+
+def test_simulation_matches_the_analytic_step_without_jitter() -> None:
+    quiet = replace(BASE, jitter_cv=0.0, canary=False, live_requests_per_s=0.0)
+    # async, trainer-bound: a step is train + push; the generator runs ahead to the cap
+    result = simulate(quiet)
+    assert result["step_s"]["p50"] == pytest.approx(6.5, rel=0.02)
+    assert max(result["staleness"]) <= 2 and result["dropped_batches"] == 0
+    # sync: generate + score + train + push
+    sync = simulate(replace(quiet, async_rollouts=False))
+    score = 64 * 0.002 * math.ceil(256 / 64) / 2  # 4 items of 64 pairs over 2 replicas
+    assert sync["step_s"]["p50"] == pytest.approx(4.0 + score + 6.5, rel=0.03)
+    # generation-bound async: the trainer waits, staleness 1
+    slow = simulate(replace(quiet, generate_s=12.0))
+    assert slow["step_s"]["p50"] == pytest.approx(12.0 + 0.5 + score, rel=0.05)
+    assert slow["phase_mean_s"]["wait"] > 5.0
+
+
+def test_simulation_reward_queue_and_utilisation() -> None:
+    result = simulate(replace(BASE, live_requests_per_s=200.0))
+    assert 0.0 < result["reward_utilisation"] < 1.0 and 0.0 < result["policy_utilisation"] <= 1.0
+    assert result["reward_queue_wait_s"]["live"]["pairs"] == result["live_pairs"] > 0
+    rollout_pairs = result["reward_queue_wait_s"]["rollout"]["pairs"]
+    assert rollout_pairs % BASE.pairs_per_batch == 0 and rollout_pairs >= BASE.pairs_per_batch * result["steps"]
+    # a canary doubles the push on the critical path
+    no_canary = simulate(replace(BASE, canary=False))
+    assert result["phase_mean_s"]["push"] > 1.5 * no_canary["phase_mean_s"]["push"]
+
+
+def test_cli_writes_json_plot_and_readme(tmp_path) -> None:
+    readme = tmp_path / "scaling.md"
+    assert capacity_main(["--out", str(tmp_path), "--steps", "4", "--readme", str(readme)]) == 0
+    result = json.loads((tmp_path / "capacity.json").read_text())
+    assert result["calibration"]["published_summary"]["in_band"] >= 3
+    assert (tmp_path / "capacity.png").stat().st_size > 10_000
+    text = readme.read_text()
+    assert text.startswith("## Scaling") and "python -m bench.capacity" in text and "| 70B | 512 |" in text
