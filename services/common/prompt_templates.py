@@ -80,18 +80,24 @@ class TemplateSettings:
             raise ValueError(f"templates.default={self.default!r} needs templates.file (the TOML that defines it)")
 
 
-def load_templates(path: str | Path) -> dict[str, PromptTemplate]:
-    """[templates.<name>] tables of a TOML file; errors name the file and the template."""
+def read_named_tables(path: str | Path, kind: str) -> dict:
+    """The [<kind>.<name>] tables of a TOML file (templates, tasks); errors name the file."""
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
     except OSError as exc:
-        raise ValueError(f"templates {path}: cannot read it ({exc.strerror})") from exc
+        raise ValueError(f"{kind} {path}: cannot read it ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"templates {path}: not valid TOML ({exc})") from exc
-    tables = document.get("templates")
+        raise ValueError(f"{kind} {path}: not valid TOML ({exc})") from exc
+    tables = document.get(kind)
     if not isinstance(tables, dict) or not tables:
-        raise ValueError(f"templates {path}: no [templates.<name>] tables")
+        raise ValueError(f"{kind} {path}: no [{kind}.<name>] tables")
+    return tables
+
+
+def load_templates(path: str | Path) -> dict[str, PromptTemplate]:
+    """[templates.<name>] tables of a TOML file; errors name the file and the template."""
+    tables = read_named_tables(path, "templates")
     templates = {}
     for name, table in tables.items():
         unknown = set(table) - {"system", "format"} if isinstance(table, dict) else {"(not a table)"}

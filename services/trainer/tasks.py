@@ -22,14 +22,13 @@ diversity.
 from __future__ import annotations
 
 import random
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from services.common.config import option
-from services.common.prompt_templates import Templates
+from services.common.prompt_templates import Templates, read_named_tables
 from services.common.prompts import PromptRow, PromptSampler, load_prompts
 from services.trainer.exploration import group_distinct_n, zero_signal_share
 from services.trainer.rewards import RewardProcessor, RunningMoments
@@ -68,16 +67,7 @@ class TaskSpec:
 
 def load_tasks(path: str | Path) -> dict[str, TaskSpec]:
     """[tasks.<name>] tables; errors name the file and the task."""
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as exc:
-        raise ValueError(f"tasks {path}: cannot read it ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"tasks {path}: not valid TOML ({exc})") from exc
-    tables = document.get("tasks")
-    if not isinstance(tables, dict) or not tables:
-        raise ValueError(f"tasks {path}: no [tasks.<name>] tables")
+    tables = read_named_tables(path, "tasks")
     tasks = {}
     for name, table in tables.items():
         where = f"tasks {path}: [tasks.{name}]"
