@@ -21,17 +21,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.learning_bench import z_score
 from bench.machine import write_result
+from bench.rl_runs import gain, paired_difference, rewards_toml, train_and_evaluate
 from bench.stack import services
-from services.common.config import build, load_config, option
+from services.common.config import load_config, option
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
 from services.common.sections import Endpoints, Lora, Optimizer, Push, Run, Sampling
 from services.common.server import setup_logging
 from services.trainer.config import Objective, Rewards, TrainerConfig
-from services.trainer.evaluate import EvaluateConfig, Evaluator
 from services.trainer.exploration import ExplorationSettings
-from services.trainer.loop import Trainer
 
 log = logging.getLogger("bench.exploration")
 
@@ -59,15 +57,15 @@ class ExplorationBenchConfig:
     seed: int = option(0, "Seed (the same for both arms).")
     log_level: str = option("INFO", "Python logging level.")
 
-
-def rewards_toml(config: ExplorationBenchConfig) -> str:
-    return f"""\
-[[models]]
-name = "rules"
-kind = "rules"
-target_words = {config.rules_target_words}
-required_words = ["story"]
-"""
+    def __post_init__(self) -> None:
+        if min(self.steps, self.prompts_per_step, self.max_tokens, self.eval_samples_per_prompt, self.lora_rank) < 1:
+            raise ValueError("steps, prompts_per_step, max_tokens, eval_samples_per_prompt and lora_rank must be >= 1")
+        if min(self.start, self.end, self.baseline_temperature) <= 0:
+            raise ValueError(
+                "start, end and baseline_temperature must be > 0 (the loss needs the sampling distribution)"
+            )
+        if self.samples_per_prompt < 2:
+            raise ValueError("samples_per_prompt must be >= 2: GRPO compares the samples of a prompt")
 
 
 def run_arm(
@@ -80,56 +78,37 @@ def run_arm(
     reward: str,
     work: Path,
 ) -> dict:
-    run_dir = work / name
-    for stale in ("metrics.jsonl", "summary.json"):
-        (run_dir / stale).unlink(missing_ok=True)
-    trainer = Trainer(
-        TrainerConfig(
-            model=model_dir,
-            prompts_file=config.prompts_file,
-            steps=config.steps,
-            sampling=Sampling(
-                prompts_per_step=config.prompts_per_step,
-                samples_per_prompt=config.samples_per_prompt,
-                max_tokens=config.max_tokens,
-                temperature=temperature,
-            ),
-            objective=Objective(algorithm="grpo", kl_coef=config.kl_coef),
-            rewards=Rewards(model="rules"),
-            optimizer=Optimizer(learning_rate=config.learning_rate, micro_batch_size=4),
-            lora=Lora(rank=config.lora_rank, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
-            push=Push(scope="changed"),
-            endpoints=Endpoints(policy=policy, reward=reward),
-            run=Run(output_dir=str(run_dir), seed=config.seed),
-            exploration=exploration,
-        )
-    )
-    evaluator = Evaluator(
-        build(
-            EvaluateConfig,
-            {
-                "reward_models": ("rules",),
-                "prompts_file": config.heldout_file,
-                "sampling.samples_per_prompt": config.eval_samples_per_prompt,
-                "sampling.max_tokens": config.max_tokens,
-                "sampling.temperature": 1.0,
-                "seed": config.seed + 1234,
-            },
+    trainer = TrainerConfig(
+        model=model_dir,
+        prompts_file=config.prompts_file,
+        steps=config.steps,
+        sampling=Sampling(
+            prompts_per_step=config.prompts_per_step,
+            samples_per_prompt=config.samples_per_prompt,
+            max_tokens=config.max_tokens,
+            temperature=temperature,
         ),
-        trainer.policy_client,
-        trainer.reward_client,
-        trainer.learner.reference_logprobs,
-        trainer.pad_id,
+        objective=Objective(algorithm="grpo", kl_coef=config.kl_coef),
+        rewards=Rewards(model="rules"),
+        optimizer=Optimizer(learning_rate=config.learning_rate, micro_batch_size=4),
+        lora=Lora(rank=config.lora_rank, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
+        push=Push(scope="changed"),
+        endpoints=Endpoints(policy=policy, reward=reward),
+        run=Run(output_dir=str(work / name), seed=config.seed),
+        exploration=exploration,
     )
-    started = time.time()
-    try:
-        trainer.sync_policy(f"bench exploration {name}: start weights")
-        before = evaluator.run()
-        summary = trainer.run()
-        after = evaluator.run()
-    finally:
-        trainer.close()
-    steps = summary["steps"]
+    # both arms are judged at temperature 1.0 with one seed, whatever temperature they trained at
+    run = train_and_evaluate(
+        trainer,
+        ("rules",),
+        config.heldout_file,
+        config.eval_samples_per_prompt,
+        config.seed + 1234,
+        f"bench exploration {name}",
+        eval_temperature=1.0,
+    )
+    before, after, steps = run["before"], run["after"], run["steps"]
+    held_out = gain(before, after, "rules")
 
     def mean(key: str) -> float:
         return round(sum(s[key] for s in steps) / len(steps), 4)
@@ -142,12 +121,17 @@ def run_arm(
         "entropy_mean": mean("entropy"),
         "train_reward_mean": mean("reward_mean"),
         "train_reward_first_last": [steps[0]["reward_mean"], steps[-1]["reward_mean"]],
-        "heldout_reward_before": before["reward"]["rules"],
-        "heldout_reward_after": after["reward"]["rules"],
-        "heldout_gain": after["reward"]["rules"] - before["reward"]["rules"],
-        "heldout_gain_z": z_score(before, after, "rules"),
+        "heldout_reward_before": held_out["before"],
+        "heldout_reward_after": held_out["after"],
+        "heldout_gain": held_out["gain"],
+        "heldout_gain_ci95": held_out["gain_ci95"],
+        "heldout_gain_z": held_out["z"],
+        "heldout_n_prompts": held_out["n_prompts"],
         "heldout_kl_after": after["kl"],
-        "wall_s": round(time.time() - started, 1),
+        "heldout_gain_by_prompt": [
+            b - a for a, b in zip(before["reward_by_prompt"]["rules"], after["reward_by_prompt"]["rules"], strict=True)
+        ],
+        "wall_s": run["wall_s"],
         "steps": len(steps),
     }
 
@@ -162,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = str(prepare_smollm2(Path(config.model_cache)))
     started = time.time()
     arms = {}
-    with services(model_dir, rewards_toml(config), work, label="bench exploration") as stack:
+    toml = rewards_toml(("rules",), config.rules_target_words, "story")
+    with services(model_dir, toml, work, label="bench exploration") as stack:
         policy, reward = stack.policy[0], stack.reward
         arms["baseline"] = run_arm(
             "baseline", ExplorationSettings(), config.baseline_temperature, config, model_dir, policy, reward, work
@@ -184,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             "heldout_gain": round(cand["heldout_gain"] / base["heldout_gain"], 3) if base["heldout_gain"] else None,
         },
+        "candidate_minus_baseline_heldout_gain": paired_difference(
+            base["heldout_gain_by_prompt"], cand["heldout_gain_by_prompt"]
+        ),
         "wall_s": round(time.time() - started, 1),
         "services_start_s": stack.started_s,
         "load_average_1min": os.getloadavg()[0],
@@ -199,6 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{arm['train_reward_mean']:>8.3f} {arm['heldout_gain']:>+13.4f} {arm['heldout_gain_z']:>5.1f} "
             f"{arm['heldout_kl_after']:>7.4f}"
         )
+    versus = result["candidate_minus_baseline_heldout_gain"]
+    print(
+        f"[bench] held-out gain, candidate - baseline: {versus['mean']:+.4f}, 95% CI "
+        f"[{versus['ci95'][0]:+.3f}, {versus['ci95'][1]:+.3f}] (n = {versus['n']} held-out prompts)"
+    )
     print(f"\n[bench] total {result['wall_s']:.0f} s; wrote {path}", flush=True)
     return result
 

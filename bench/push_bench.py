@@ -7,7 +7,10 @@ stage, drain, in-place load, version bump), timed at the client. Baseline: the
 same tensors written to a safetensors file on disk and loaded into the same kind
 of engine in-process (what a filesystem-based sync does). Run for the default
 SmolLM2-135M (fp32) and a synthetic Llama of ~1B parameters in bfloat16.
-Writes bench/results/push.json.
+Also, for SmolLM2: the same-host push (segment written in /dev/shm, only manifest
+and checksum over gRPC) against the in-place reload alone, and the inter-token
+latency of a running stream during the receive phase of a streamed push against
+the same stream without a push. Writes bench/results/push.json.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,11 +80,83 @@ def lora_subset(tensors: list) -> list:
     return [(n, t) for n, t in tensors if any(f".{target}." in n for target in LORA_TARGETS)]
 
 
+def _itl_stream(stub, stop: threading.Event, arrivals: list[float]) -> None:
+    """Keeps one sampled stream generating (one request after another) and records each chunk's arrival time."""
+    from rlhf.v1 import policy_pb2
+
+    request = policy_pb2.GenerateRequest(
+        prompts=[policy_pb2.Prompt(text="Tell me a long story about a lighthouse keeper.")],
+        sampling=policy_pb2.SamplingParams(n=1, max_tokens=200, ignore_eos=True, temperature=1.0, seed=1),
+    )
+    while not stop.is_set():
+        for _ in stub.GenerateStream(request, timeout=600):
+            arrivals.append(time.perf_counter())
+            if stop.is_set():
+                break
+
+
+def _gaps_ms(arrivals: list[float], start: float, end: float) -> list[float]:
+    """Inter-token gaps (ms) of chunks that arrived inside [start, end]."""
+    inside = [t for t in arrivals if start <= t <= end]
+    return [(b - a) * 1000 for a, b in zip(inside, inside[1:])]
+
+
+def _p99(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return round(statistics.quantiles(values, n=100, method="inclusive")[98], 2)
+
+
+def itl_during_push(stub, tensors: list, repeats: int) -> dict:
+    """ITL p99 of a running stream without a push, and during the receive phase of streamed pushes."""
+    from services.common.weight_stream import push_requests
+
+    stop, arrivals = threading.Event(), []
+    worker = threading.Thread(target=_itl_stream, args=(stub, stop, arrivals), daemon=True)
+    worker.start()
+    try:
+        time.sleep(1.0)  # the stream is running
+        quiet_start = time.perf_counter()
+        time.sleep(3.0)
+        quiet = _gaps_ms(arrivals, quiet_start, time.perf_counter())
+        during: list[float] = []
+        for i in range(repeats):
+            started = time.perf_counter()
+            reply = stub.PushWeights(push_requests(tensors, note=f"itl {i}"), timeout=1800)
+            during += _gaps_ms(arrivals, started, started + reply.receive_seconds)
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+    return {
+        "what": "gaps between streamed chunks of one running sampled stream (client side), ms",
+        "without_push": {
+            "n": len(quiet),
+            "p50_ms": round(statistics.median(quiet), 2) if quiet else None,
+            "p99_ms": _p99(quiet),
+        },
+        "during_receive": {
+            "n": len(during),
+            "p50_ms": round(statistics.median(during), 2) if during else None,
+            "p99_ms": _p99(during),
+            "pushes": repeats,
+        },
+        "p99_ratio": round(_p99(during) / _p99(quiet), 3) if _p99(during) and _p99(quiet) else None,
+    }
+
+
 def grpc_push(
-    model_dir: Path, tensors: list, dtype: str, repeats: int, log: Path, partial: list | None = None
+    model_dir: Path,
+    tensors: list,
+    dtype: str,
+    repeats: int,
+    log: Path,
+    partial: list | None = None,
+    extras: dict | None = None,
 ) -> tuple[list[float], list[float]]:
-    from rlhf.v1 import policy_pb2_grpc
+    from rlhf.v1 import policy_pb2, policy_pb2_grpc
     from services.common.client import open_channel
+    from services.common.shared_segment import host_id, segment_requests, write_segment
     from services.common.weight_stream import push_requests
 
     port = free_port()
@@ -113,13 +189,27 @@ def grpc_push(
                 started = time.perf_counter()
                 stub.PushWeights(push_requests(partial, note=f"bench lora {i}"), timeout=1800)
                 partial_seconds.append(time.perf_counter() - started)
+            if extras is not None:  # same-host push and ITL, SmolLM2 only
+                status = stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=30)
+                assert status.host_id == host_id(), "bench server should share this host"
+                shared, receive = [], []
+                for i in range(repeats):
+                    started = time.perf_counter()
+                    segment = write_segment(tensors)  # counted: the trainer's one write of the bytes
+                    reply = stub.PushWeights(segment_requests(segment, tensors, note=f"bench shm {i}"), timeout=1800)
+                    shared.append(time.perf_counter() - started)
+                    receive.append(reply.receive_seconds)
+                    assert not segment.path.exists()  # the server took it
+                extras["shared"] = shared
+                extras["shared_verify"] = receive
+                extras["itl"] = itl_during_push(stub, tensors, repeats)
         return seconds, partial_seconds
     finally:
         server.stop()
 
 
 def disk_reload(
-    model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None
+    model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None, extras: dict | None = None
 ) -> tuple[list[float], list[float]]:
     from safetensors.torch import save_file
 
@@ -142,6 +232,16 @@ def disk_reload(
                     loop.run_until_complete(engine.load_weights(str(path)))
                     seconds[kind].append(time.perf_counter() - started)
                     path.unlink()
+        if extras is not None:  # the in-place reload alone: a file already in shared memory, not timed writing it
+            with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+                path = Path(shm) / "reload.safetensors"
+                save_file(dict(tensors), str(path))
+                reload = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    loop.run_until_complete(engine.load_weights(str(path)))
+                    reload.append(time.perf_counter() - started)
+                extras["reload_alone"] = reload
     finally:
         loop.close()
         engine.shutdown()
@@ -154,12 +254,13 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
     total = sum(t.numel() * t.element_size() for _, t in tensors)
     params = sum(t.numel() for _, t in tensors)
     print(f"[push] {label}: {params / 1e6:.0f} M params, {total / 1e9:.2f} GB ({dtype})", flush=True)
+    extras: dict | None = {} if with_lora else None
     pushes, partial_pushes = grpc_push(
-        model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial
+        model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial, extras
     )
     candidate = statistics.median(pushes)
     print(f"[push] {label}: gRPC push {candidate:.2f} s ({total / candidate / 1e9:.2f} GB/s)", flush=True)
-    reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial)
+    reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial, extras)
     baseline = statistics.median(reloads)
     print(f"[push] {label}: disk write+reload {baseline:.2f} s ({total / baseline / 1e9:.2f} GB/s)", flush=True)
     lora = None
@@ -177,7 +278,33 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
             f"[push] {label} LoRA subset ({size / 1e6:.0f} MB): gRPC {lora['grpc_seconds']} s, disk {lora['disk_seconds']} s",
             flush=True,
         )
+    same_host = itl = None
+    if extras:
+        shared, alone = statistics.median(extras["shared"]), statistics.median(extras["reload_alone"])
+        same_host = {
+            "what": "same-host push: segment written once in /dev/shm (counted), manifest + XXH3 checksum over gRPC, "
+            "server takes, verifies and loads it; vs the in-place reload of the same file alone",
+            "seconds": round(shared, 3),
+            "seconds_all": [round(x, 3) for x in extras["shared"]],
+            "server_take_and_verify_seconds": round(statistics.median(extras["shared_verify"]), 3),
+            "gb_per_s": round(total / shared / 1e9, 3),
+            "reload_alone_seconds": round(alone, 3),
+            "reload_alone_all": [round(x, 3) for x in extras["reload_alone"]],
+            "ratio_to_reload": round(shared / alone, 3),
+            "ratio_meaning": "same-host push seconds / reload-alone seconds (target <= 1.1)",
+        }
+        itl = extras["itl"]
+        print(
+            f"[push] {label}: same-host push {shared:.2f} s vs reload alone {alone:.2f} s "
+            f"({same_host['ratio_to_reload']:.2f}x); ITL p99 {itl['without_push']['p99_ms']} ms without a push, "
+            f"{itl['during_receive']['p99_ms']} ms during receive",
+            flush=True,
+        )
     return {
+        "same_host_push": same_host,
+        "itl_during_push": itl,
+        "candidate_all": [round(x, 3) for x in pushes],
+        "baseline_all": [round(x, 3) for x in reloads],
         "lora_push": lora,
         "model": label,
         "parameters": params,
@@ -189,7 +316,7 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
             "gb_per_s": round(total / baseline / 1e9, 3),
         },
         "candidate": {
-            "name": "PushWeights over gRPC (send -> new version serving)",
+            "name": "PushWeights over gRPC, XXH3-128 checksum (send -> new version serving)",
             "seconds": round(candidate, 3),
             "gb_per_s": round(total / candidate / 1e9, 3),
         },

@@ -8,12 +8,14 @@ mixed Generate / Score / PushWeights / SubmitFeedback traffic (services/loadtest
 Baseline: `--duration-s` with no restarts. Candidate: the same traffic while every
 service (policy, reward, feedback store) is SIGKILLed once and SIGTERMed once
 (services/loadtest/soak.py RESTART_SCHEDULE, one restart every `--restart-every-s`;
-the phase runs until the schedule is done). Reported per RPC: success share; per
+the phase runs until `--restart-every-s` after the last restart). Reported per RPC: success share; per
 service: the longest time its clients got no successful reply. Headline and ratio
 use the worst RPC (cheap Score calls must not hide failed Generate calls): the
 candidate's worst per-RPC success share over the baseline's share for that RPC.
-Acknowledged feedback lost and pushes applied under a foreign identity must be 0
-in both. Writes bench/results/soak.json.
+Acknowledged feedback lost and pushes applied under a foreign identity (the
+policy's version history from GetStatus against the push ids and digests the
+pusher sent) must be 0 in both. Writes bench/results/soak.json, with the 1-minute
+load average sampled every 10 s of each phase.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from safetensors.torch import load_file
 from bench.machine import write_result
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
 from services.loadtest.soak import RULES_TOML, Soak, SoakSettings, SoakStack
+
+SERVER_BUG_CODES = {"INTERNAL", "UNKNOWN", "DATA_LOSS"}
 
 
 def phase(root: Path, model: Path, settings: SoakSettings) -> tuple[dict, dict]:
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=30.0,
         help="Candidate phase: seconds of traffic between restarts (6 restarts: each service SIGKILLed "
-        "and SIGTERMed once; the phase lasts until they are done).",
+        "and SIGTERMed once; the phase lasts until this long after the last).",
     )
     parser.add_argument("--push-every-s", type=float, default=30.0, help="A full-weight push this often.")
     parser.add_argument("--model", type=Path, default=None, help="Policy checkpoint (default: SmolLM2-135M-Instruct).")
@@ -98,10 +102,29 @@ def main(argv: list[str] | None = None) -> None:
             for rpc in cand["rpcs"]
         },
         "longest_unavailable_s": {name: a["longest_unavailable_s"] for name, a in cand["availability"].items()},
+        "available_share": {name: a["available_share"] for name, a in cand["availability"].items()},
+        "restart_schedule": [f"{r['kind']} {r['service']}" for r in cand["restarts"]],
         "every_service_sigkilled_and_sigtermed": cand["every_service_sigkilled_and_sigtermed"],
         "lost_acknowledged_feedback": base["lost"]["feedback"] + cand["lost"]["feedback"],
         "pushes_under_foreign_identity": base["pushes_under_foreign_identity"] + cand["pushes_under_foreign_identity"],
+        "push_identity_checks": {
+            label: {
+                **report["push_identity"],
+                "history_versions_checked": report["history_versions_checked"],
+                "history_audits_before_policy_restarts": report["history_audits_before_policy_restarts"],
+                "final_history_audit": report["final_history_audit"],
+            }
+            for label, report in (("baseline", base), ("candidate", cand))
+        },
+        "load_average_1min": {"baseline": base["load_average_1min"], "candidate": cand["load_average_1min"]},
         "service_exit_codes": {"baseline": base_codes, "candidate": cand_codes},
+        # a restart may show as UNAVAILABLE (or a drained call's CANCELLED/ABORTED), never as a server bug
+        "server_errors": {
+            f"{label} {rpc}": {code: n for code, n in tally["failed"].items() if code in SERVER_BUG_CODES}
+            for label, report in (("baseline", base), ("candidate", cand))
+            for rpc, tally in report["rpcs"].items()
+            if SERVER_BUG_CODES & set(tally["failed"])
+        },
     }
     path = write_result(args.result_name, result)
     for name, report in (("baseline", base), ("candidate", cand)):
@@ -116,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         for service, availability in report["availability"].items():
             print(
                 f"  {service:9s} longest unavailable {availability['longest_unavailable_s']:.1f} s "
-                f"({availability['outages']} outages)"
+                f"({availability['outages']} outages, available {availability['available_share']:.1%} of the time)"
             )
     print(f"worst RPC {worst}: ratio {result['ratio']:.3f}; wrote {path}")
     if result["lost_acknowledged_feedback"]:
@@ -125,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("a push was applied under a foreign identity")
     if not result["every_service_sigkilled_and_sigtermed"]:
         raise SystemExit("the restart schedule did not complete")
+    if result["server_errors"]:
+        raise SystemExit(f"servers answered with a bug's status code: {result['server_errors']}")
 
 
 if __name__ == "__main__":

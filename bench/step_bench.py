@@ -75,6 +75,7 @@ def run(mode: str, policy: str, reward: str, model_dir: str, out: Path, steps: i
         "steps_measured": len(records),
         "staleness": [r["staleness"] for r in summary["steps"]],
         "dropped_batches": sum(r["dropped_batches"] for r in summary["steps"]),
+        "push_share": round(mean["push"] / step_s, 3) if step_s else None,  # of the step (target < 0.05)
     }
     if mode == "async":
         produced = mean["generate"] + mean["score"]

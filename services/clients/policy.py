@@ -36,6 +36,7 @@ from services.clients import metrics
 from services.clients.replica_pool import ReplicaPool, ReplicasUnavailable, split_addresses, with_retries
 from services.clients.timing import RequestResult, failure
 from services.common.client import open_channel
+from services.common.shared_segment import host_id, segment_requests, write_segment
 from services.common.weight_stream import push_requests
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,13 @@ class PolicyReplica:
     """One policy server: generation, status, and the admin calls a push or rollout needs."""
 
     def __init__(
-        self, name: str, address: str, timeout_s: float = 300.0, retries: int = 3, writer: str | None = None
+        self,
+        name: str,
+        address: str,
+        timeout_s: float = 300.0,
+        retries: int = 3,
+        writer: str | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.name, self.address = name, address
         self.writer = writer or new_writer_id()  # prefix of every push id this client sends
@@ -65,6 +72,8 @@ class PolicyReplica:
         self.in_rotation, self.reason = True, ""
         self.version: int | None = None  # the version this replica is known to serve
         self.highest = 0  # highest version it is known to have applied
+        self.host_id: str | None = None  # GetStatusResponse.host_id once known: same host -> shared-memory pushes
+        self.shared_memory = shared_memory  # push through /dev/shm when the server shares this host
 
     def status(self, retries: int | None = None, timeout_s: float = 30.0) -> policy_pb2.GetStatusResponse:
         reply = with_retries(
@@ -73,6 +82,7 @@ class PolicyReplica:
             self.retries if retries is None else retries,
         )
         self.version, self.highest = reply.weight_version, reply.highest_version
+        self.host_id = reply.host_id
         return reply
 
     def generate(self, request: policy_pb2.GenerateRequest) -> policy_pb2.GenerateResponse:
@@ -92,12 +102,20 @@ class PolicyReplica:
         """Pushes `tensors` under a fresh push id; every retry of it sends the same id."""
         items = list(tensors)
         push_id = f"{self.writer}-v{version if version is not None else 'auto'}-{uuid.uuid4().hex[:8]}"
+
+        def send() -> policy_pb2.PushWeightsResponse:
+            if self._same_host():
+                reply = self._push_shared(items, expected_version, note, version, push_id)
+                if reply is not None:
+                    return reply
+            return self.stub.PushWeights(
+                push_requests(items, chunk_bytes, expected_version, note, version=version, push_id=push_id),
+                timeout=self.timeout_s,
+            )
+
         try:
             reply = with_retries(
-                lambda: self.stub.PushWeights(
-                    push_requests(items, chunk_bytes, expected_version, note, version=version, push_id=push_id),
-                    timeout=self.timeout_s,
-                ),
+                send,
                 f"{self.name} PushWeights",
                 self.retries if retries is None else retries,
             )
@@ -110,11 +128,47 @@ class PolicyReplica:
             if status.weight_version != version or status.current.push_id != push_id:
                 raise
             reply = policy_pb2.PushWeightsResponse(
-                weight_version=version, push_id=push_id, sha256=status.current.sha256
+                weight_version=version,
+                push_id=push_id,
+                sha256=status.current.sha256,
+                digest=status.current.digest,
+                checksum=status.current.checksum,
             )
         self.version, self.highest = reply.weight_version, max(self.highest, reply.weight_version)
         log.info("%s: pushed version %d push_id=%s (%s)", self.name, reply.weight_version, push_id, note)
         return reply
+
+    def _same_host(self) -> bool:
+        """Whether this replica shares the host (and /dev/shm) with this process, from its GetStatus host id."""
+        if not self.shared_memory:
+            return False
+        if self.host_id is None:
+            self.status()
+        return bool(self.host_id) and self.host_id == host_id()
+
+    def _push_shared(
+        self, items: list, expected_version: int | None, note: str, version: int | None, push_id: str
+    ) -> policy_pb2.PushWeightsResponse | None:
+        """A same-host push through a shared-memory segment; None when the server refused the segment untouched."""
+        try:
+            segment = write_segment(items)
+        except OSError as exc:  # no room or no access in /dev/shm: the stream still works
+            log.warning("%s: cannot write a shared-memory segment (%s); streaming the tensors instead", self.name, exc)
+            self.shared_memory = False
+            return None
+        try:
+            return self.stub.PushWeights(
+                segment_requests(segment, items, expected_version, note, version, push_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as exc:
+            # Refused before being taken (another host, permissions): the segment is still ours; stream instead.
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not segment.path.exists():
+                raise
+            log.warning("%s: same-host push refused (%s); streaming the tensors instead", self.name, exc.details())
+            self.shared_memory = False
+            return None
+        finally:
+            segment.path.unlink(missing_ok=True)
 
     def made(self, info: policy_pb2.WeightVersionInfo) -> bool:
         """Whether a version's recorded push came from this writer."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -30,6 +31,8 @@ from services.experience.records import (
     StoredSample,
 )
 from services.experience.schema import feedback, samples
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +135,7 @@ class ExperienceStore:
         query = sa.select(samples).where(samples.c.seq > since)
         if tenant:
             query = query.where(samples.c.tenant == tenant)
-        query = query.order_by(samples.c.seq).limit(limit + 1)
-        with self._reading() as connection, connection.begin():
-            rows = [_sample(row) for row in connection.execute(query)]
-        return rows[:limit], len(rows) > limit
+        return self._page(query.order_by(samples.c.seq), limit, _sample)
 
     # ---- feedback ---------------------------------------------------------
 
@@ -232,9 +232,12 @@ class ExperienceStore:
             query = query.where(feedback.c.kind.in_(kinds))
         if rater_id:
             query = query.where(feedback.c.rater_id == rater_id)
-        query = query.order_by(feedback.c.seq).limit(limit + 1)
+        return self._page(query.order_by(feedback.c.seq), limit, _feedback)
+
+    def _page(self, ordered: sa.Select, limit: int, convert: Callable[[sa.Row], T]) -> tuple[list[T], bool]:
+        """At most `limit` converted rows of `ordered`, and whether more follow (one extra row is read to know)."""
         with self._reading() as connection, connection.begin():
-            rows = [_feedback(row) for row in connection.execute(query)]
+            rows = [convert(row) for row in connection.execute(ordered.limit(limit + 1))]
         return rows[:limit], len(rows) > limit
 
     def feedback_on_prompts(

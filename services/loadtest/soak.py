@@ -5,13 +5,17 @@ server and the standalone FeedbackService on loopback, and restarts them on requ
 (SIGTERM drain or SIGKILL crash, same ports). `Soak.run` drives every RPC kind from
 worker threads and works through `RESTART_SCHEDULE`, one restart every
 `restart_every_s`: every service is SIGKILLed once and SIGTERMed once, and the run
-lasts at least `duration_s` and until the schedule is done. It reports per RPC the
+lasts at least `duration_s` and until `restart_every_s` after the last restart. It reports per RPC the
 requests sent, succeeded (and their share) and failed by status; per service the
 longest time its clients got no successful reply (an outage runs from the last
-success before a failure to the next success); the acknowledged writes that were
-lost (feedback acknowledged but missing from the store afterwards; must be zero);
-and pushes applied under a foreign identity (the server's GetStatus names another
-push id or digest for the version a push was acknowledged as; must be zero). The
+success before a failure to the next success) and the share of the run it was
+reachable; the acknowledged writes that were lost (feedback acknowledged but missing
+from the store afterwards; must be zero); and pushes applied under a foreign identity
+(must be zero): after each acknowledged push, the version history GetStatus reports
+(current and restorable versions) must record that version with the push id and the
+digest the pusher itself sent; and before each policy restart and at the end, every
+version in the history must be one the pusher sent, with its digest, under the number
+it was acknowledged as. The
 integration test runs it briefly, `make bench-soak` for minutes.
 """
 
@@ -19,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,11 +88,13 @@ class Availability:
     last_ok: float | None = None
     down_since: float | None = None
     longest_s: float = 0.0
+    total_s: float = 0.0
     outages: int = 0
 
     def succeeded(self, now: float) -> None:
         if self.down_since is not None:
             self.longest_s = max(self.longest_s, now - self.down_since)
+            self.total_s += now - self.down_since
             self.outages += 1
             self.down_since = None
         self.last_ok = now
@@ -96,11 +103,17 @@ class Availability:
         if self.down_since is None:
             self.down_since = self.last_ok if self.last_ok is not None else run_started
 
-    def as_dict(self, now: float) -> dict:
+    def as_dict(self, now: float, run_started: float) -> dict:
+        """`available_share`: the share of the run's time not inside an outage (time-based: a down service
+        fails fast and often, so a per-request share alone would overweight its outages)."""
         still_down = self.down_since is not None
-        longest = max(self.longest_s, now - self.down_since) if still_down else self.longest_s
+        open_s = now - self.down_since if still_down else 0.0
+        total = self.total_s + open_s
+        elapsed = now - run_started
         return {
-            "longest_unavailable_s": round(longest, 2),
+            "longest_unavailable_s": round(max(self.longest_s, open_s), 2),
+            "unavailable_total_s": round(total, 2),
+            "available_share": round(1.0 - total / elapsed, 4) if elapsed > 0 else None,
             "outages": self.outages + still_down,
             "down_at_end": still_down,
         }
@@ -192,7 +205,7 @@ class SoakStack:
 
 @dataclass(frozen=True)
 class SoakSettings:
-    duration_s: float = 60.0  # at least; with restarts, also until RESTART_SCHEDULE is done
+    duration_s: float = 60.0  # at least; with restarts, also until RESTART_SCHEDULE is done plus restart_every_s
     restart_every_s: float = 20.0  # seconds of traffic between one restart's return and the next; 0: no restarts
     push_every_s: float = 5.0
     generate_workers: int = 2
@@ -215,11 +228,14 @@ class Soak:
         self.tallies: dict[str, Tally] = {rpc: Tally() for rpc in RPC_SERVICE}
         self.availability: dict[str, Availability] = {name: Availability() for name in SERVICES}
         self.identity = Counter()  # pushes whose identity GetStatus confirmed / contradicted / could not check
+        self.sent_digests: dict[str, bytes] = {}  # push id -> the digest the pusher put in its PushCommit
+        self.acked_versions: dict[str, int] = {}  # push id -> the version its PushWeights reply named
         self._started = time.monotonic()
         self.samples: deque[tuple[float, str]] = deque(maxlen=1000)  # (time generated, sample id) awaiting feedback
         self.acknowledged: set[str] = set()
         self.pushed_versions: list[int] = []
         self.restarts: list[dict] = []
+        self.audits_before_restart: list[dict] = []  # each policy process's history, audited before it is stopped
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._random = random.Random(settings.seed)
@@ -301,27 +317,30 @@ class Soak:
                 scale = 1.0 + 1e-3 * self._random.random()
                 tensors = [(name, tensor * scale) for name, tensor in self.weights.items()]
                 push_id = f"soak-{self.settings.seed}-{index}"
-                requests = push_requests(tensors, 1 << 20, push_id=push_id)
+                requests = self._recording_digest(push_id, push_requests(tensors, 1 << 20, push_id=push_id))
                 reply = self._call("PushWeights", lambda: stub.PushWeights(requests, timeout=120))
                 if reply is not None:
                     self.pushed_versions.append(reply.weight_version)
+                    with self._lock:
+                        self.acked_versions[push_id] = reply.weight_version
                     self._check_identity(stub, reply, push_id)
 
+    def _recording_digest(self, push_id: str, requests: Iterator[policy_pb2.PushWeightsRequest]):
+        """Passes the push's requests through, noting the digest its PushCommit carries (what the pusher sent)."""
+        for request in requests:
+            if request.HasField("commit"):
+                with self._lock:
+                    self.sent_digests[push_id] = digest_of(request.commit)
+            yield request
+
     def _check_identity(self, stub, reply, push_id: str) -> None:
-        """Does the server name this push (id and digest) for the version it acknowledged? Counts the answer."""
-        if reply.push_id != push_id:
-            verdict = "foreign"
-        else:
-            try:
-                status = stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=self.settings.rpc_timeout_s)
-            except grpc.RpcError:
-                status = None
-            if status is None or status.weight_version != reply.weight_version or not status.HasField("current"):
-                verdict = "unchecked"  # the policy restarted or moved on before we asked
-            elif status.current.push_id == push_id and (not reply.sha256 or status.current.sha256 == reply.sha256):
-                verdict = "confirmed"
-            else:
-                verdict = "foreign"
+        """Does the server's version history name this push (id and the digest we sent) for the version it
+        acknowledged? Counts the answer."""
+        try:
+            status = stub.GetStatus(policy_pb2.GetStatusRequest(), timeout=self.settings.rpc_timeout_s)
+        except grpc.RpcError:
+            status = None
+        verdict = push_verdict(reply, push_id, self.sent_digests.get(push_id, b""), status)
         if verdict == "foreign":
             log.error(
                 "push %s acknowledged as version %d is served under another identity", push_id, reply.weight_version
@@ -342,9 +361,21 @@ class Soak:
             thread.start()
         pending = list(RESTART_SCHEDULE) if s.restart_every_s else []
         next_restart = started + s.restart_every_s
-        while time.monotonic() - started < s.duration_s or pending:
+        loads, next_load = [], started
+
+        def running() -> bool:
+            # after the last restart, traffic runs restart_every_s more: every service shows that it came back
+            settling = bool(self.restarts) and time.monotonic() < next_restart
+            return time.monotonic() - started < s.duration_s or bool(pending) or settling
+
+        while running():
+            if time.monotonic() >= next_load:  # the machine's 1-minute load average, every 10 s
+                loads.append(os.getloadavg()[0])
+                next_load += 10.0
             if pending and time.monotonic() >= next_restart:
                 name, kind = pending.pop(0)
+                if name == "policy":  # its version history goes with the process: audit it first
+                    self.audits_before_restart.append(self._audit_history(final=False))
                 self.progress(f"{time.monotonic() - started:5.0f} s: {kind} {name}")
                 away = self.stack.restart(name, crash=kind == "sigkill")
                 self.restarts.append(
@@ -363,6 +394,7 @@ class Soak:
         ended = time.monotonic()
         elapsed = ended - started
         stored = self._stored_feedback_ids()
+        audit = self._audit_history()
         lost = sorted(self.acknowledged - stored)
         rpcs = {rpc: tally.as_dict() for rpc, tally in self.tallies.items()}
         shares = {rpc: t["success_share"] for rpc, t in rpcs.items() if t["success_share"] is not None}
@@ -378,7 +410,7 @@ class Soak:
             "rpcs": rpcs,
             "worst_rpc": min(shares, key=shares.get) if shares else None,
             "worst_rpc_success_share": min(shares.values()) if shares else None,
-            "availability": {name: a.as_dict(ended) for name, a in self.availability.items()},
+            "availability": {name: a.as_dict(ended, started) for name, a in self.availability.items()},
             "longest_restart_s": {
                 name: max((r["away_s"] for r in self.restarts if r["service"] == name), default=0.0)
                 for name in SERVICES
@@ -387,11 +419,23 @@ class Soak:
             "succeeded": sum(t.succeeded for t in self.tallies.values()),
             "acknowledged_writes": {"feedback": len(self.acknowledged), "pushes": len(self.pushed_versions)},
             "lost": {"feedback": len(lost)},
-            "pushes_under_foreign_identity": self.identity["foreign"],
+            # acknowledged pushes whose version the history names with another id or digest, plus history
+            # entries at the end that are not a push we sent (under that number, with that digest)
+            "pushes_under_foreign_identity": self.identity["foreign"]
+            + sum(a["foreign"] for a in (*self.audits_before_restart, audit)),
             "push_identity": {k: self.identity[k] for k in ("confirmed", "foreign", "unchecked")},
+            "final_history_audit": audit,
+            "history_audits_before_policy_restarts": self.audits_before_restart,
+            "history_versions_checked": sum(a["versions_checked"] for a in (*self.audits_before_restart, audit)),
             "lost_ids": lost[:20],
             "pushed_versions_increasing_between_restarts": _increasing_runs(self.pushed_versions),
             "serving_after": self._serving_after(),
+            "load_average_1min": {
+                "mean": round(sum(loads) / len(loads), 2),
+                "max": round(max(loads), 2),
+                "samples": len(loads),
+                "every_s": 10.0,
+            },
         }
 
     def _stored_feedback_ids(self) -> set[str]:
@@ -407,6 +451,19 @@ class Soak:
                 cursor = page.next_cursor
                 if not page.has_more:
                     return stored
+
+    def _audit_history(self, final: bool = True) -> dict:
+        """Every pushed version in the policy's history now (current and restorable) against what we sent.
+        Before a restart a failed GetStatus is recorded, not raised (the restart must go on); at the end it raises."""
+        with open_channel(self.stack.addresses["policy"]) as channel:
+            try:
+                status = policy_pb2_grpc.PolicyServiceStub(channel).GetStatus(policy_pb2.GetStatusRequest(), timeout=60)
+            except grpc.RpcError as exc:
+                if final:
+                    raise
+                return {"versions_checked": 0, "foreign": 0, "foreign_versions": [], "error": exc.code().name}
+        with self._lock:  # the pusher thread adds to both maps
+            return audit_history(status, dict(self.sent_digests), dict(self.acked_versions))
 
     def _serving_after(self) -> dict[str, bool]:
         """Whether each service answers a well-formed request once the soak is over."""
@@ -436,6 +493,57 @@ def _ok(call: Callable[[], object]) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def digest_of(message) -> bytes:
+    """The weights' digest a PushCommit, PushWeightsResponse or WeightVersionInfo carries, whichever checksum
+    the push used (`digest`; a SHA-256 commit carries it in the historic `sha256` field)."""
+    return bytes(message.digest) or bytes(message.sha256)
+
+
+def _history(status: policy_pb2.GetStatusResponse) -> list[policy_pb2.WeightVersionInfo]:
+    records = list(status.restorable_versions)
+    if status.HasField("current"):
+        records.append(status.current)
+    return records
+
+
+def push_verdict(
+    reply: policy_pb2.PushWeightsResponse,
+    push_id: str,
+    sent_digest: bytes,
+    status: policy_pb2.GetStatusResponse | None,
+) -> str:
+    """Whether the policy applied our push under the number it acknowledged, judged by identity, not number.
+
+    "confirmed": the reply and the history's record of the acknowledged version carry our push id and the
+    (non-empty) digest we sent; "foreign": either names another push or other weights; "unchecked": the history
+    no longer holds that version (the policy restarted, or GetStatus failed)."""
+    if not sent_digest or reply.push_id != push_id or digest_of(reply) != sent_digest:
+        return "foreign"
+    if status is None:
+        return "unchecked"
+    records = [r for r in _history(status) if r.version == reply.weight_version]
+    if not records:
+        return "unchecked"  # a restarted policy counts from 0 again: its history is not the one we pushed to
+    record = records[0]
+    return "confirmed" if record.push_id == push_id and digest_of(record) == sent_digest else "foreign"
+
+
+def audit_history(
+    status: policy_pb2.GetStatusResponse, sent_digests: dict[str, bytes], acked_versions: dict[str, int]
+) -> dict:
+    """Each version above 0 in the history must be a push we sent (its id), with the digest we sent, under the
+    number its reply named (when a reply arrived): anything else is a version serving a foreign identity."""
+    checked, foreign = 0, []
+    for record in _history(status):
+        if record.version == 0:
+            continue
+        checked += 1
+        acked = acked_versions.get(record.push_id, record.version)
+        if sent_digests.get(record.push_id) != digest_of(record) or acked != record.version:
+            foreign.append({"version": record.version, "push_id": record.push_id})
+    return {"versions_checked": checked, "foreign": len(foreign), "foreign_versions": foreign}
 
 
 def _increasing_runs(versions: list[int]) -> bool:

@@ -62,7 +62,7 @@ class OnlineDemoConfig:
     )
     max_concurrency: int = option(48, "Simulated requests in flight at most (vLLM batches them).")
     canary_fraction: float = option(
-        0.7, "Share of users on the canary replica (their requests give the paired judgements)."
+        0.8, "Share of users on the canary replica (their requests give the paired judgements)."
     )
     interleave_probability: float = option(
         1.0, "Chance a canary user's request is answered by both replicas and judged as a pair."
@@ -76,18 +76,22 @@ class OnlineDemoConfig:
     prompts_per_step: int = option(4, "Prompts per RL step.")
     samples_per_prompt: int = option(4, "Samples per prompt (GRPO group).")
     max_tokens: int = option(24, "Tokens per RL sample.")
-    learning_rate: float = option(5e-5, "Policy learning rate (of the LoRA adapter).")
+    learning_rate: float = option(
+        1e-3, "Policy learning rate (of the LoRA adapter; bench/learning_bench.py learns with 1e-3 at this size)."
+    )
     lora_rank: int = option(16, "LoRA rank of the online trainer (0: full fine-tuning, about 2 GB more memory).")
     rm_min_new_pairs: int = option(64, "New preference pairs that trigger a reward-model retraining.")
     rm_max_fresh_pairs: int = option(128, "Newest fresh pairs one retraining takes (bounds its time on the busy CPU).")
     rm_replay_pairs: int = option(64, "Older pairs replayed in each retraining.")
     rm_epochs: int = option(1, "Epochs of each retraining.")
     warm_start_files: tuple[str, ...] = option(
-        ("data/preferences.jsonl",),
-        "Preference files the online reward model is trained on before any live feedback, then published (empty: no warm start; the first model waits for live pairs).",
+        ("data/online_preferences.jsonl",),
+        "Preference files the online reward model is trained on before any live feedback, then published (empty: no "
+        "warm start; the first model waits for live pairs). The default: completions SmolLM2 served in an earlier "
+        "demo run, judged as the simulated users' gold expert judges (services/online/warm_start_data.py).",
     )
     warm_start_heldout_files: tuple[str, ...] = option(
-        ("data/preferences_heldout.jsonl",), "Held-out files of the warm start."
+        ("data/online_preferences_heldout.jsonl",), "Held-out files of the warm start."
     )
     rm_heldout_share: float = option(
         0.2, "Share of live pairs kept out of reward-model training to measure its accuracy."
@@ -97,11 +101,12 @@ class OnlineDemoConfig:
     )
     gold_min_gap: float = option(0.1, "The expert answers only pairs whose hidden utilities differ by at least this.")
     canary: CanarySettings = section(
-        CanarySettings(window_s=240.0, max_judgements=600, poll_s=2.0),
-        "The canary's sequential test (alpha, delta, window).",
+        CanarySettings(delta=0.15, window_s=150.0, max_judgements=300, tuned_judgements=100, poll_s=2.0),
+        "The canary's sequential test (alpha, delta, window). delta 0.15 and a 150 s window let a round end within "
+        "about a hundred judgements (~2 min of this box's traffic), so ten minutes hold several rounds.",
     )
     bad_candidate_after_round: int = option(
-        2, "After this many rounds, put one deliberately bad candidate through the canary (0: never)."
+        1, "After this many rounds, put one deliberately bad candidate through the canary (0: never)."
     )
     start_timeout_s: float = option(600.0, "How long the services may take to report SERVING.")
     seed: int = option(0, "Seed.")
@@ -324,6 +329,10 @@ class DemoRounds:
                     self.inject_bad_candidate(stop)
             except Stopped as exc:
                 log.info("%s", exc)
+                # The stopped round's record is lost, not its reward-model refresh: it is the last round's model.
+                trained = trainer.last_reward_model
+                if trained and trained["version"] not in {row["reward_model_version"] for row in self.accuracy}:
+                    self.check_reward_model({"round": trainer.round + 1, "reward_model_trained": trained})
                 break
 
     def check_reward_model(self, record: dict) -> None:

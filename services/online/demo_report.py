@@ -76,7 +76,14 @@ def reward_model_accuracy(
     it agrees with the store's denoised direction (what it was trained to predict).
     """
     if not pairs:
-        return {"pairs": 0, "hidden_accuracy": None, "gold_agreement": None, "rater_accuracy": None}
+        return {
+            "pairs": 0,
+            "hidden_accuracy": None,
+            "hidden_pairs": 0,
+            "gold_agreement": None,
+            "gold_pairs": 0,
+            "rater_accuracy": None,
+        }
     items = [
         reward_pb2.ScoreItem(prompt=p["prompt"], completion=text)
         for p in pairs

@@ -91,6 +91,7 @@ class OnlineTrainer:
         self.stable_version = 0  # the version the stable replica serves: the trainer's weights at each checkpoint
         self.resumed_from: Path | None = None
         self._last_wait = ""
+        self.last_reward_model: dict | None = None  # the newest refresh, also when its round is stopped before the end
         latest = checkpoint.latest_checkpoint(self.out)
         if latest is not None and not config.resume:
             raise ValueError(
@@ -221,6 +222,7 @@ class OnlineTrainer:
         reward_model = None
         if self.refresher.due(self.book):
             reward_model = self.refresher.retrain(self.book, random)
+            self.last_reward_model = reward_model or self.last_reward_model
         hosted = self.scorer.hosted(c.rewards.model)
         if not len(self.prompts) or hosted is None:
             waiting = (
@@ -233,7 +235,11 @@ class OnlineTrainer:
                 self._last_wait = waiting
             return None
         start_updates = self.updates
-        steps = [self.rl_step(i, start_updates) for i in range(c.steps_per_round)]
+        steps = []
+        for index in range(c.steps_per_round):
+            if stop is not None and stop.is_set():  # SIGTERM within a step, not a round; the checkpoint is intact
+                raise Stopped(f"stopped before RL step {index + 1} of round {self.round + 1}")
+            steps.append(self.rl_step(index, start_updates))
         decision = None
         if self.updates > start_updates:
             decision = self.rollout.deploy(self._weights(), f"online round {self.round + 1}", self.stable_version, stop)

@@ -51,6 +51,7 @@ async def serve(config: PolicyConfig) -> None:
         history=WeightHistory(checkpoint_sources(model_dir), config.keep_versions),
         weight_transfer=config.weight_transfer,
         nccl_reserve_timeout_s=config.nccl_reserve_timeout_s,
+        same_host=config.same_host_pushes,
     )
     servicer = PolicyServicer(
         engine=engine,

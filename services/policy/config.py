@@ -46,6 +46,11 @@ class PolicyConfig(ServingConfig):
     staging_dir: str = option(
         "", "Where verified pushes are staged before loading. Empty: /dev/shm if present, else the temp dir."
     )
+    same_host_pushes: bool = option(
+        True,
+        "Accept same-host pushes from a shared-memory segment (GetStatus reports host_id; the segment must be on the "
+        "staging directory's filesystem). Off: host_id is empty and every push streams its tensors.",
+    )
     max_concurrent_requests: int = option(
         256,
         "Generate/GenerateStream calls admitted at once; more get RESOURCE_EXHAUSTED (bounded memory, fast rejection).",

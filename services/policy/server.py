@@ -18,6 +18,7 @@ import grpc
 
 from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.weight_stream import checksum_named
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
 from services.policy.nccl_push import check_init
@@ -288,6 +289,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             weight_transfer=weights.weight_transfer,
             transfer_workers=self.engine.transfer_workers if nccl else 0,
             current=version_info(weights.current),
+            host_id=weights.host_id,
         )
 
 
@@ -298,8 +300,10 @@ def version_info(version: RetainedVersion) -> policy_pb2.WeightVersionInfo:
         note=version.note,
         applied_unix=version.applied_at,
         push_id=version.push_id,
-        sha256=version.sha256,
+        sha256=version.digest if version.checksum == "sha256" else b"",
         origin=int(version.origin),
+        digest=version.digest,
+        checksum=checksum_named(version.checksum).wire if version.checksum else 0,
     )
 
 
@@ -312,7 +316,9 @@ def _push_reply(result: PushResult) -> policy_pb2.PushWeightsResponse:
         receive_seconds=result.receive_seconds,
         apply_seconds=result.apply_seconds,
         push_id=result.push_id,
-        sha256=result.sha256,
+        sha256=result.digest if result.checksum == "sha256" else b"",
+        digest=result.digest,
+        checksum=checksum_named(result.checksum).wire,
     )
 
 

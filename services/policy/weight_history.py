@@ -40,8 +40,9 @@ class RetainedVersion:
     applied_at: float
     sources: dict[str, Path]  # tensor name -> file holding its value in this version
     push_id: str = ""  # PushBegin.push_id of the push that made it
-    sha256: bytes = b""  # digest of the pushed weights
+    digest: bytes = b""  # digest of the pushed weights under `checksum`
     origin: Origin = Origin.CHECKPOINT
+    checksum: str = ""  # algorithm of `digest` ("xxh3_128", "sha256"; "" for the checkpoint)
 
 
 class UnknownVersion(LookupError):
@@ -96,19 +97,26 @@ class WeightHistory:
         return {name: path for name, path in target.sources.items() if self.current.sources.get(name) != path}
 
     def record_push(
-        self, version: int, note: str, path: Path, names: list[str], push_id: str = "", sha256: bytes = b""
+        self,
+        version: int,
+        note: str,
+        path: Path,
+        names: list[str],
+        push_id: str = "",
+        digest: bytes = b"",
+        checksum: str = "sha256",
     ) -> list[Path]:
         """The pushed file now serves as `version`; returns files no retained version reads any more."""
         sources = {**self.current.sources, **dict.fromkeys(names, path)}
         self._retire_current()
-        self.current = RetainedVersion(version, note, time.time(), sources, push_id, sha256, Origin.PUSH)
+        self.current = RetainedVersion(version, note, time.time(), sources, push_id, digest, Origin.PUSH, checksum)
         return self._trim()
 
     def record_unretained(self, version: int, note: str, push_id: str = "", sha256: bytes = b"") -> list[Path]:
         """`version` serves from tensors this server never held (an NCCL push): it cannot be restored later,
         and restoring an earlier version reloads all of that version's tensors. Returns files no longer needed."""
         self._retire_current()
-        self.current = RetainedVersion(version, note, time.time(), {}, push_id, sha256, Origin.PUSH)
+        self.current = RetainedVersion(version, note, time.time(), {}, push_id, sha256, Origin.PUSH, "sha256")
         return self._trim()
 
     def record_restore(self, version: int) -> list[Path]:

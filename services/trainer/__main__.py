@@ -35,8 +35,13 @@ def _train(argv: list[str]) -> None:
     from services.trainer.distributed import world_from_env
     from services.trainer.loop import Trainer
     from services.trainer.sharded import follow
+    from services.trainer.tasks import RunData
 
     config = load_config(TrainerConfig, _resume_flag(argv), env_prefix="RLHF_TRAINER_", prog="rlhf-trainer train")
+    try:  # the prompts, templates and tasks files and every name in them: one line now, not a traceback later
+        RunData.from_config(config)
+    except ValueError as exc:
+        raise SystemExit(f"rlhf-trainer train: error: {exc}") from None
     setup_logging(config.run.log_level)
     if world_from_env().rank > 0:  # torchrun: ranks other than 0 only serve rank 0's learner calls
         follow(config)

@@ -7,9 +7,11 @@ A task is a name in a TOML file:
     weight = 1.0                       # share of the prompts drawn from this task
     template = "critic"                # optional: the task's prompt template
 
-and prompt rows carry `"task": "<name>"`. Each draw of a prompt picks a task by weight
-with a generator seeded by (seed, draw number), then the task's next row in its own
-seeded epochs, so the draw count (`data_position`) alone restores the sampler on resume.
+and prompt rows carry `"task": "<name>"`. Each draw of a prompt picks a task by smooth
+weighted round-robin (nginx's upstream balancer), so after n draws every task's count is
+within one draw of its share (weights 1:1 alternate; a step of 4 prompts holds 2 of each)
+and runs compared "at the same number of samples" really are; then the task's next row in
+its own seeded epochs, so the draw count (`data_position`) alone restores the sampler.
 
 Rewards: each task's models score only that task's samples; its scores are combined by
 its own RewardProcessor (the rewards section's combine, per-model normalize and clip),
@@ -21,7 +23,6 @@ diversity.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,23 +109,23 @@ class TaskSampler:
         empty = [name for name in self.names if not any(row.task == name for row in rows)]
         if empty:
             raise ValueError(f"tasks {empty} have no prompt rows")
-        total = sum(task.weight for task in tasks.values())
-        self.bounds, running = [], 0.0
-        for name in self.names:
-            running += tasks[name].weight / total
-            self.bounds.append(running)
+        self.weights = [tasks[name].weight for name in self.names]
         self.seed = seed
         self.samplers = {
             name: PromptSampler([row for row in rows if row.task == name], seed * 7_919 + index)
             for index, name in enumerate(self.names)
         }
         self.rows = rows
-        self._position = 0
+        self._position, self._credit = 0, [0.0] * len(self.names)
         self.position = position
 
-    def _task(self, draw: int) -> str:
-        u = random.Random(f"{self.seed}:{draw}").random()
-        return next((name for name, bound in zip(self.names, self.bounds) if u < bound), self.names[-1])
+    def _pick(self) -> str:
+        """One task pick: every task gains its weight in credit, the largest credit (first task on ties)
+        is picked and pays the total weight back."""
+        self._credit = [c + w for c, w in zip(self._credit, self.weights)]
+        best = max(range(len(self._credit)), key=lambda i: (self._credit[i], -i))
+        self._credit[best] -= sum(self.weights)
+        return self.names[best]
 
     @property
     def position(self) -> int:
@@ -134,8 +135,9 @@ class TaskSampler:
     def position(self, value: int) -> None:
         """Replays the task draws up to `value` (each task's sampler resumes at its own count)."""
         counts = dict.fromkeys(self.names, 0)
-        for draw in range(value):
-            counts[self._task(draw)] += 1
+        self._credit = [0.0] * len(self.names)
+        for _ in range(value):
+            counts[self._pick()] += 1
         for name, count in counts.items():
             self.samplers[name].position = count
         self._position = value
@@ -143,8 +145,8 @@ class TaskSampler:
     def next_batch(self, size: int) -> list[PromptRow]:
         batch = []
         for _ in range(size):
-            batch.extend(self.samplers[self._task(self._position)].next_batch(1))
-            self._position += 1
+            batch.extend(self.samplers[self._pick()].next_batch(1))
+        self._position += size
         return batch
 
 

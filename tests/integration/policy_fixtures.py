@@ -67,9 +67,16 @@ class PolicyServer:
 
 
 def launch_policy(
-    model_dir: Path, log_path: Path, port: int | None = None, metrics_port: int | None = None
+    model_dir: Path,
+    log_path: Path,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[ServerProcess, str, int, int]:
-    """Starts (does not wait for) `python -m services.policy` on loopback; returns (process, address, port, metrics port)."""
+    """Starts (does not wait for) `python -m services.policy` on loopback; returns (process, address, port, metrics port).
+
+    `extra_args` are appended to the small-engine defaults (later flags win).
+    """
     port, metrics_port = port or free_port(), metrics_port or free_port()
     process = ServerProcess(
         "services.policy",
@@ -86,6 +93,7 @@ def launch_policy(
             "1",
             "--drain-timeout-s",
             "20",
+            *extra_args,
         ],
         log_path,
     )

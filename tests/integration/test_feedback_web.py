@@ -21,11 +21,11 @@ import pytest
 from rlhf.v1 import feedback_pb2 as fb
 from rlhf.v1 import feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
-from services.common.process import ServerProcess, free_port
 from services.common.security import ClientSecurity
 from services.experience.store import ExperienceStore
 from services.feedback_web.launch import demo_token_file, start_feedback_web
 from tests.integration.feedback_support import start_experience_service
+from tests.integration.policy_fixtures import launch_policy
 
 pytestmark = pytest.mark.integration
 
@@ -69,31 +69,14 @@ def stack(tiny_policy_dir, tmp_path_factory):
     experience, feedback_address, _ = start_experience_service(
         db_url, root / "experience.log", "--auth-tokens-file", str(token_file)
     )
-    port = free_port()
-    policy = ServerProcess(
-        "services.policy",
-        [
-            "--model",
-            str(tiny_policy_dir),
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--max-model-len",
-            "512",
-            "--cpu-kvcache-gib",
-            "1",
-            "--experience-db",
-            db_url,
-            "--auth-tokens-file",
-            str(token_file),
-        ],
+    policy, policy_address, _, _ = launch_policy(
+        tiny_policy_dir,
         root / "policy.log",
+        extra_args=("--experience-db", db_url, "--auth-tokens-file", str(token_file)),
     )
-    policy_address = f"127.0.0.1:{port}"
     web = None
     try:
-        policy.start(policy_address, timeout_s=300)
+        policy.wait_serving(policy_address, timeout_s=300)
         web, url = start_feedback_web(
             policy_address,
             feedback_address,

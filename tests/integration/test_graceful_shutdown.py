@@ -12,34 +12,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
-from services.common.process import ServerProcess, free_port
+from tests.integration.policy_fixtures import launch_policy
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_drains_in_flight_generation(tiny_policy_dir, tmp_path):
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    server = ServerProcess(
-        "services.policy",
-        [
-            "--model",
-            str(tiny_policy_dir),
-            "--port",
-            str(port),
-            "--metrics-port",
-            "0",
-            "--max-model-len",
-            "512",
-            "--cpu-kvcache-gib",
-            "1",
-            "--shutdown-delay-s",
-            "2",
-            "--grace-s",
-            "60",
-        ],
-        tmp_path / "policy.log",
-    ).start(address, timeout_s=300)
+    server, address, _, _ = launch_policy(
+        tiny_policy_dir, tmp_path / "policy.log", extra_args=("--shutdown-delay-s", "2", "--grace-s", "60")
+    )
+    server.wait_serving(address, timeout_s=300)
     try:
         with open_channel(address) as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)

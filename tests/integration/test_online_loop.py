@@ -140,7 +140,8 @@ def stack(tiny_policy_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def simulator(stack):
     """Simulated users for the whole module: half on the canary, a tenth adversarial (gold answers on half the
-    pairs let the store's filters find them), feedback to the FeedbackService of the user's replica."""
+    pairs let the store's filters find them), feedback to the FeedbackService of the user's replica. Every canary
+    request is interleaved (one completion from each replica), so the canary's paired judgements come quickly."""
     acked = stack.root / "acked.jsonl"
     log = open(stack.root / "simulator.log", "wb")
     command = [
@@ -148,7 +149,7 @@ def simulator(stack):
         "--stable-address", stack.addresses["stable"], "--canary-address", stack.addresses["canary"],
         "--canary-fraction", "0.5", "--users", "40", "--adversarial-fraction", "0.1", "--rating-noise", "0.05",
         "--request-rate", "8", "--duration-s", "600", "--max-requests", "20000", "--max-concurrency", "8",
-        "--samples-per-request", "2", "--interleave-probability", "0.5", "--max-tokens", "16", "--target-words", "12",
+        "--samples-per-request", "2", "--interleave-probability", "1.0", "--max-tokens", "16", "--target-words", "12",
         "--title-weight", "0",
         "--diversity-weight", "2", "--rating-probability", "0.9", "--pairwise-probability", "0.8",
         "--gold-probability", "0.5", "--think-time-s", "0.2", "--rpc-timeout-s", "20", "--acked-log", str(acked),
@@ -188,8 +189,14 @@ def online_config(stack: Stack, output_dir: Path, overrides: dict | None = None)
         "sampling.max_tokens": 16,
         "optimizer.learning_rate": 1e-5,
         "optimizer.micro_batch_size": 8,
+        # A quick gate: tightest at 30 judgements, promote when surely not 0.3 worse, decide within 40 judgements
+        # or 60 s (measured: 16-28 judgements, 35-45 s a decision). The loop's defaults (delta 0.1, tuned for 300)
+        # need hundreds of judgements per decision; their error rates are test_canary_sequential.py's subject.
         "canary.min_judgements": 10,
-        "canary.window_s": 90,
+        "canary.delta": 0.3,
+        "canary.tuned_judgements": 30,
+        "canary.max_judgements": 40,
+        "canary.window_s": 60,
         "canary.poll_s": 0.5,
         "endpoints.rpc_timeout_s": 60,
     }

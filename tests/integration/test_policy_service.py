@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
+from services.common.shared_segment import host_id, segment_requests, write_segment
 from services.common.weight_stream import push_requests
 from services.trainer.grpo import token_logprobs
 
@@ -124,9 +127,10 @@ def test_push_changes_generation_and_bumps_version(stub, hf_model, policy_server
     assert (reply.previous_version, reply.weight_version) == (before_version, before_version + 1)
     assert reply.num_tensors == len(original) and reply.total_bytes > 0
     # the push's identity: its id and the weights' digest, recorded with the version and reported by GetStatus
-    assert reply.push_id == "test-perturbed" and reply.sha256 == requests[-1].commit.sha256
+    assert reply.push_id == "test-perturbed" and reply.digest == requests[-1].commit.digest
+    assert reply.checksum == policy_pb2.CHECKSUM_ALGORITHM_XXH3_128 and len(reply.digest) == 16
     current = stub.GetStatus(policy_pb2.GetStatusRequest()).current
-    assert (current.version, current.push_id, current.sha256) == (before_version + 1, "test-perturbed", reply.sha256)
+    assert (current.version, current.push_id, current.digest) == (before_version + 1, "test-perturbed", reply.digest)
     assert current.origin == policy_pb2.VERSION_ORIGIN_PUSH
     after = greedy(stub)
     assert after.weight_version == before_version + 1
@@ -197,6 +201,47 @@ def test_corrupt_or_mismatched_push_is_rejected(stub, hf_model):
         push(stub, params, expected_version=v0 + 7)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     _assert_unchanged(stub, v0, tokens)
+
+
+def test_same_host_push_applies_and_its_faults_leave_the_old_version(stub, hf_model, tmp_path):
+    """The same-host path end to end: applied from /dev/shm; cut, corrupt, mismatched, stale, other-host and
+    readable-by-others segments refused with the old version serving."""
+    assert stub.GetStatus(policy_pb2.GetStatusRequest()).host_id == host_id()
+    v0, tokens = version(stub), list(greedy(stub).token_ids)
+    params = perturbed(params_of(hf_model), 2.0, seed=7)
+
+    def refused(requests, code, fragment, taken=True):
+        segment = Path(requests[0].begin.segment.path)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PushWeights(iter(requests), timeout=60)
+        assert info.value.code() == code and fragment in info.value.details()
+        assert segment.exists() != taken  # refusals before taking leave the sender's segment alone
+        segment.unlink(missing_ok=True)
+        _assert_unchanged(stub, v0, tokens)
+
+    fresh = lambda tensors=params: write_segment(tensors)  # noqa: E731
+    refused(list(segment_requests(fresh(), params))[:1], grpc.StatusCode.INVALID_ARGUMENT, "commit", taken=False)
+    changed = fresh()
+    requests = list(segment_requests(changed, params))
+    with open(changed.path, "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\xc0\x7f")
+    refused(requests, grpc.StatusCode.DATA_LOSS, "changed after its checksum")
+    wrong_shape = [(n, t[:-1] if i == 0 else t) for i, (n, t) in enumerate(params)]
+    refused(list(segment_requests(fresh(wrong_shape), wrong_shape)), grpc.StatusCode.INVALID_ARGUMENT, "shape")
+    refused(list(segment_requests(fresh(), params, expected_version=v0 + 7)), grpc.StatusCode.FAILED_PRECONDITION, "")
+    foreign = list(segment_requests(fresh(), params))
+    foreign[0].begin.segment.host_id = "another-machine"
+    refused(foreign, grpc.StatusCode.FAILED_PRECONDITION, "another host", taken=False)
+    readable = fresh()
+    os.chmod(readable.path, 0o644)
+    refused(list(segment_requests(readable, params)), grpc.StatusCode.FAILED_PRECONDITION, "mode 644", taken=False)
+
+    segment = fresh()
+    reply = stub.PushWeights(segment_requests(segment, params, expected_version=v0, push_id="same-host"), timeout=60)
+    assert (reply.weight_version, reply.push_id, reply.digest) == (v0 + 1, "same-host", segment.digest)
+    assert not segment.path.exists()  # the server took it
+    assert list(greedy(stub).token_ids) != tokens, "the same-host push did not change the output"
 
 
 def test_request_in_flight_during_swap_finishes_on_old_version(stub, hf_model):

@@ -24,7 +24,7 @@ def test_mixed_traffic_with_restarts_loses_no_acknowledged_write(tiny_policy_dir
     try:
         stack.start()
         # the whole schedule: every service SIGKILLed once and SIGTERMed once
-        report = Soak(stack, weights, SoakSettings(duration_s=30, restart_every_s=5, push_every_s=4), print).run()
+        report = Soak(stack, weights, SoakSettings(duration_s=20, restart_every_s=3, push_every_s=4), print).run()
     finally:
         codes = stack.stop()
     print(json.dumps(report, indent=1))
@@ -47,10 +47,17 @@ def test_mixed_traffic_with_restarts_loses_no_acknowledged_write(tiny_policy_dir
         )
         if failures:
             assert availability["outages"] >= 1 and availability["longest_unavailable_s"] > 0, (service, availability)
+            assert availability["unavailable_total_s"] >= availability["longest_unavailable_s"], availability
+            assert 0 < availability["available_share"] < 1, (service, availability)
     assert report["acknowledged_writes"]["feedback"] > 0
     assert report["lost"]["feedback"] == 0, report["lost_ids"]
     assert report["pushes_under_foreign_identity"] == 0, report["push_identity"]
     assert report["push_identity"]["confirmed"] > 0, report["push_identity"]
+    # the histories GetStatus reports (before each policy restart, at the end) hold only our pushes and digests
+    audits = [*report["history_audits_before_policy_restarts"], report["final_history_audit"]]
+    assert len(audits) == 3 and all("error" not in a for a in audits), audits
+    assert report["history_versions_checked"] == sum(a["versions_checked"] for a in audits) > 0, audits
+    assert all(a["foreign"] == 0 for a in audits), audits
     assert report["pushed_versions_increasing_between_restarts"]
     assert report["serving_after"] == {"policy": True, "reward": True, "feedback": True}
     assert all(code == 0 for code in codes.values()), codes

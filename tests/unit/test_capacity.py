@@ -21,6 +21,7 @@ from bench.capacity.model import (
     push_seconds,
     tensor_parallel,
 )
+from bench.capacity.reward_service import ServiceCosts, closed_loop
 from bench.capacity.simulation import SimConfig, simulate
 
 
@@ -225,3 +226,37 @@ def test_cli_writes_json_plot_and_readme(tmp_path) -> None:
     assert (tmp_path / "capacity.png").stat().st_size > 10_000
     text = readme.read_text()
     assert text.startswith("## Scaling") and "python -m bench.capacity" in text and "| 70B | 512 |" in text
+
+
+# ---- reward service under a closed loop (bench-reward's traffic) ---------------------------
+
+COSTS = ServiceCosts(
+    per_batch_s=0.020,
+    per_pair_s=0.006,
+    request_s=0.003,
+    loop_s=0.0005,
+    cpu_per_request_s=0.001,
+    cores=2,
+    max_batch=32,
+    max_wait_s=0.005,
+    max_batch_tokens=16384,
+)
+
+
+def test_closed_loop_batches_as_the_batcher_does() -> None:
+    # one client: batches of one, each waits max_wait for company; latency = request + wait + forward
+    one = closed_loop(COSTS, 1, [60], 64)
+    assert one["mean_batch_size"] == 1
+    assert one["pairs_per_s"] == pytest.approx(1 / (0.003 + 0.005 + 0.026), rel=0.01)
+    # a few clients arrive within the wait: one batch of all of them
+    assert closed_loop(COSTS, 4, [60], 64)["mean_batch_size"] == 4
+    # a cohort that arrives spread over more than the wait splits; two cohorts then alternate
+    assert closed_loop(COSTS, 16, [60], 256)["mean_batch_size"] == 8
+    # many clients: full batches back to back, throughput near max_batch / forward(max_batch)
+    many = closed_loop(replace(COSTS, cpu_per_request_s=0.0), 64, [60], 256)
+    assert many["mean_batch_size"] == pytest.approx(256 / 9)  # 8 full batches and the remainder
+    assert many["pairs_per_s"] == pytest.approx(32 / COSTS.forward_s(32), rel=0.1)
+    # the token budget caps a batch: 16384 / (2 rows x 256 tokens) = 32, / (2 x 512) = 16
+    assert closed_loop(COSTS, 64, [512], 256)["mean_batch_size"] <= 16
+    # CPU spent on requests during a forward slows the service down
+    assert closed_loop(COSTS, 64, [60], 256)["pairs_per_s"] < many["pairs_per_s"]

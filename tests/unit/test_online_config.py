@@ -18,6 +18,7 @@ from services.online.loop import OnlineTrainer
 from services.online.prompts import LivePrompt
 from services.trainer import lora, update
 from services.trainer.config import TrainerConfig
+from tests.support.tiny_models import save_tiny_llama
 
 
 def _sections(cls) -> set[str]:
@@ -46,24 +47,7 @@ def test_online_config_refuses_what_its_loop_cannot_do():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    from tokenizers import Tokenizer, models
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    vocab = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
-    PreTrainedTokenizerFast(tokenizer_object=vocab, pad_token="<pad>", unk_token="<unk>").save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama", with_tokenizer=True)
 
 
 class _Canary:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
 from rlhf.v1 import feedback_pb2 as fb
 from rlhf.v1 import reward_pb2
 from services.online import demo_report
-from services.online.demo import bad_weights
+from services.online.canary import Stopped
+from services.online.demo import DemoRounds, OnlineDemoConfig, bad_weights
 from services.online.reward_refresh import PreferenceBook
 from services.reward.training.simulated_preference import (
     HiddenPreference,
@@ -102,3 +104,28 @@ def test_the_bad_candidate_keeps_shapes_but_says_one_token():
     )
     assert bad["model.embed_tokens.weight"].norm(dim=1).argmax() == 5
     assert torch.equal(bad["model.layers.0.self_attn.q_proj.weight"], tensors[3][1])
+
+
+class _StoppedTrainer:
+    """A trainer whose round refreshes the reward model, then is stopped by the demo's hard stop mid-canary."""
+
+    def __init__(self) -> None:
+        self.round, self.last_reward_model = 1, None
+        self.rollout = type("Rollout", (), {"halted": ""})()
+        self.book = PreferenceBook(0.6)
+        self.config = type("Config", (), {"idle_s": 0.0, "rewards": type("Rewards", (), {"model": "online-rm"})()})()
+
+    def sync_replicas(self) -> None:
+        pass
+
+    def run_round(self, stop):
+        self.last_reward_model = {"version": "rm-2", "pairs": 128, "heldout_accuracy": 0.7}
+        raise Stopped("stopped while judging version 3")
+
+
+def test_a_stopped_rounds_reward_model_refresh_is_still_checked():
+    rounds = DemoRounds(OnlineDemoConfig(duration_s=30.0), _StoppedTrainer(), scorer=None)
+    rounds.run(threading.Event())
+    (row,) = rounds.accuracy
+    assert (row["round"], row["reward_model_version"], row["trained_pairs"]) == (2, "rm-2", 128)
+    assert row["pairs"] == 0 and rounds.rounds == []  # no held-out pairs yet: nothing scored, and no round record

@@ -15,6 +15,7 @@ from services.trainer.config import Objective, TrainerConfig
 from services.trainer.learner import Learner
 from services.trainer.ppg import PPGSettings, aux_token_losses
 from services.trainer.rollout import Rollout, sequence_logprobs
+from tests.support.tiny_models import save_tiny_llama
 
 # ---- the auxiliary loss by hand ---------------------------------------------------
 
@@ -87,21 +88,7 @@ def test_settings_are_flags(capsys):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    LlamaForCausalLM(config).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
 def make_learner(model_dir: str, lora_rank: int = 0, **ppg) -> Learner:

@@ -64,20 +64,21 @@ def test_a_push_serves_the_next_version_and_records_its_identity(tmp_path):
         m, engine = manager(tmp_path)
         result = await push(m, weights(1.0), note="step 1", push_id="trainer-v1")
         assert (result.version, result.previous_version, result.num_tensors) == (1, 0, 2)
-        assert result.push_id == "trainer-v1" and len(result.sha256) == 32
+        assert result.push_id == "trainer-v1" and len(result.digest) == 16 and result.checksum == "xxh3_128"
         assert m.state == EngineState.SERVING and m.gate.version == 1
         assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 1.0))
         current = m.current
-        assert (current.version, current.push_id, current.sha256, current.origin) == (
+        assert (current.version, current.push_id, current.digest, current.origin) == (
             1,
             "trainer-v1",
-            result.sha256,
+            result.digest,
             Origin.PUSH,
         )
         second = await push(m, weights(2.0), version=5, push_id="trainer-v5")
-        assert second.version == 5 and second.sha256 != result.sha256
+        assert second.version == 5 and second.digest != result.digest
         restorable = {v.version: v for v in m.history.restorable()}
-        assert restorable[1].push_id == "trainer-v1" and restorable[1].sha256 == result.sha256
+        assert restorable[1].push_id == "trainer-v1" and restorable[1].digest == result.digest
+        assert restorable[1].checksum == "xxh3_128"
         assert restorable[0].origin == Origin.CHECKPOINT
         assert not list((tmp_path / "staging").glob("restore-*"))
 
@@ -95,7 +96,7 @@ def test_version_guards_refuse_before_anything_loads(tmp_path):
         with pytest.raises(InvalidArgument, match="push_id must be"):
             await push(m, weights(2.0), push_id="bad id!")
         requests = list(push_requests(weights(2.0), 16))
-        requests[-1].commit.sha256 = b"\0" * 32
+        requests[-1].commit.digest = b"\0" * 16
         with pytest.raises(DataLoss, match="checksum"):
             await m.push(stream(requests))
         assert len(engine.loads) == 1 and m.gate.version == 3 and m.gate.highest == 3
@@ -275,3 +276,20 @@ def test_receiving_writes_and_hashes_off_the_event_loop(tmp_path, monkeypatch):
 
     loop_thread = asyncio.run(scenario())
     assert threads and loop_thread not in threads
+
+
+def test_a_push_overwrites_the_pages_of_a_staged_file_no_version_needs(tmp_path):
+    async def scenario():
+        m, engine = manager(tmp_path, keep=0)
+        await push(m, weights(1.0))
+        first = m.history.current.sources[ATTN]
+        inode = first.stat().st_ino
+        await push(m, weights(2.0))  # version 1's file is no longer needed: kept as the next staging area
+        assert m._spare is not None and m._spare.stat().st_ino == inode
+        await push(m, weights(3.0), push_id="third")
+        third = m.history.current.sources[ATTN]
+        assert third.stat().st_ino == inode and third.name != first.name  # same pages, new name
+        assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 3.0))
+        assert m.current.push_id == "third"
+
+    asyncio.run(scenario())

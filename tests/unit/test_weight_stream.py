@@ -2,6 +2,7 @@ import hashlib
 
 import pytest
 import torch
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -105,9 +106,41 @@ def test_protocol_violations():
 
 def test_digest_definition_matches_proto_comment():
     tensor = torch.tensor([1.0, 2.0])
-    commit = list(push_requests([("x", tensor)]))[-1].commit.sha256
-    expected = hashlib.sha256(b"x\0float32\0" + b"2\0" + tensor.numpy().tobytes()).digest()
-    assert commit == expected
+    hashed = b"x\0float32\0" + b"2\0" + tensor.numpy().tobytes()
+    sha = list(push_requests([("x", tensor)], checksum="sha256"))
+    assert sha[0].begin.checksum == policy_pb2.CHECKSUM_ALGORITHM_SHA256
+    assert sha[-1].commit.sha256 == hashlib.sha256(hashed).digest()
+    fast = list(push_requests([("x", tensor)]))  # the default: XXH3-128, named in begin, digest in commit.digest
+    assert fast[0].begin.checksum == policy_pb2.CHECKSUM_ALGORITHM_XXH3_128
+    assert fast[-1].commit.digest == xxhash.xxh3_128(hashed).digest() and not fast[-1].commit.sha256
+
+
+def test_checksum_algorithms_verify_and_refuse():
+    tensor = torch.tensor([1.0, 2.0])
+    manifest = {"x": TensorSpec((2,))}
+    for checksum in ("sha256", "xxh3_128"):
+        requests = list(push_requests([("x", tensor)], checksum=checksum))
+        staged = assemble(requests, manifest)
+        assert staged.header.checksum.name == checksum and len(staged.digest) == staged.header.checksum.size
+        bad = policy_pb2.PushWeightsRequest()
+        bad.CopyFrom(requests[-1])
+        if checksum == "sha256":
+            bad.commit.sha256 = bytes(32)
+        else:
+            bad.commit.digest = bytes(16)
+        with pytest.raises(DataLoss, match="checksum mismatch"):
+            assemble([*requests[:-1], bad], manifest)
+    old_sender = list(push_requests([("x", tensor)], checksum="sha256"))
+    old_sender[0].begin.ClearField("checksum")  # a sender from before the field: read as SHA-256
+    assert assemble(old_sender, manifest).header.checksum.name == "sha256"
+    wrong_size = list(push_requests([("x", tensor)]))
+    wrong_size[-1].commit.digest = bytes(32)
+    with pytest.raises(InvalidArgument, match="16 bytes"):
+        assemble(wrong_size, manifest)
+    unknown = list(push_requests([("x", tensor)]))
+    unknown[0].begin.checksum = 99
+    with pytest.raises(InvalidArgument, match="unknown checksum"):
+        assemble(unknown, manifest)
 
 
 @settings(max_examples=40, deadline=None)

@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from rlhf.v1 import common_pb2 as rlhf_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"F\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x1b\n\x13\x61pply_chat_template\x18\x03 \x01(\x08\"\xc4\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x9d\x01\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Prompt\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12)\n\trecording\x18\x04 \x01(\x0e\x32\x16.rlhf.v1.RecordingMode\"\xa3\x01\n\x06Sample\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x06 \x01(\x04\x12\x11\n\tsample_id\x18\x07 \x01(\t\"J\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12 \n\x07samples\x18\x02 \x03(\x0b\x32\x0f.rlhf.v1.Sample\":\n\x10GenerateResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.rlhf.v1.PromptResult\"\xf0\x01\n\x16GenerateStreamResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x07 \x01(\x04\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\x05\x12\x11\n\tsample_id\x18\t \x01(\t\"\xaa\x01\n\tPushBegin\x12\x1d\n\x10\x65xpected_version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x14\n\x07version\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x0f\n\x07push_id\x18\x06 \x01(\tB\x13\n\x11_expected_versionB\n\n\x08_version\"\x1c\n\nPushCommit\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"\x8f\x01\n\x12PushWeightsRequest\x12#\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.rlhf.v1.PushBeginH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.rlhf.v1.TensorChunkH\x00\x12%\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x13.rlhf.v1.PushCommitH\x00\x42\x06\n\x04item\"\xc2\x01\n\x13PushWeightsResponse\x12\x16\n\x0eweight_version\x18\x01 \x01(\x04\x12\x18\n\x10previous_version\x18\x02 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x17\n\x0freceive_seconds\x18\x05 \x01(\x01\x12\x15\n\rapply_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07push_id\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\"\x12\n\x10GetStatusRequest\"\x98\x03\n\x11GetStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0eweight_version\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.rlhf.v1.EngineState\x12\x18\n\x10running_requests\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x14\n\x0cversion_note\x18\x08 \x01(\t\x12\x1a\n\x12version_since_unix\x18\t \x01(\x01\x12\x37\n\x13restorable_versions\x18\n \x03(\x0b\x32\x1a.rlhf.v1.WeightVersionInfo\x12\x17\n\x0fhighest_version\x18\x0b \x01(\x04\x12\x17\n\x0fweight_transfer\x18\x0c \x01(\t\x12\x18\n\x10transfer_workers\x18\r \x01(\r\x12+\n\x07\x63urrent\x18\x0e \x01(\x0b\x32\x1a.rlhf.v1.WeightVersionInfo\"\x91\x01\n\x11WeightVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04note\x18\x02 \x01(\t\x12\x14\n\x0c\x61pplied_unix\x18\x03 \x01(\x01\x12\x0f\n\x07push_id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12&\n\x06origin\x18\x06 \x01(\x0e\x32\x16.rlhf.v1.VersionOrigin\"C\n\x0fRollbackRequest\x12\x14\n\x07version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x02 \x01(\tB\n\n\x08_version\"p\n\x10RollbackResponse\x12\x16\n\x0eweight_version\x18\x01 \x01(\x04\x12\x18\n\x10previous_version\x18\x02 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x15\n\rapply_seconds\x18\x04 \x01(\x01\"\xbf\x01\n\x19InitWeightTransferRequest\x12\x16\n\x0emaster_address\x18\x01 \x01(\t\x12\x13\n\x0bmaster_port\x18\x02 \x01(\r\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\x13\n\x0brank_offset\x18\x04 \x01(\r\x12\x0e\n\x06packed\x18\x05 \x01(\x08\x12 \n\x18packed_buffer_size_bytes\x18\x06 \x01(\x04\x12\x1a\n\x12packed_num_buffers\x18\x07 \x01(\r\"-\n\x1aInitWeightTransferResponse\x12\x0f\n\x07workers\x18\x01 \x01(\r\"8\n\nNcclTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"o\n\x14\x42\x65ginNcclPushRequest\x12!\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.rlhf.v1.PushBegin\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.rlhf.v1.NcclTensor\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"[\n\x15\x42\x65ginNcclPushResponse\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x04\x12\x18\n\x10reserved_seconds\x18\x03 \x01(\x01\"(\n\x15\x43ommitNcclPushRequest\x12\x0f\n\x07push_id\x18\x01 \x01(\t*^\n\rRecordingMode\x12\x1e\n\x1aRECORDING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11RECORDING_MODE_ON\x10\x01\x12\x16\n\x12RECORDING_MODE_OFF\x10\x02*\x9c\x01\n\x0b\x45ngineState\x12\x1c\n\x18\x45NGINE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATE_STARTING\x10\x01\x12\x18\n\x14\x45NGINE_STATE_SERVING\x10\x02\x12!\n\x1d\x45NGINE_STATE_UPDATING_WEIGHTS\x10\x03\x12\x17\n\x13\x45NGINE_STATE_FAILED\x10\x04*\x84\x01\n\rVersionOrigin\x12\x1e\n\x1aVERSION_ORIGIN_UNSPECIFIED\x10\x00\x12\x1d\n\x19VERSION_ORIGIN_CHECKPOINT\x10\x01\x12\x17\n\x13VERSION_ORIGIN_PUSH\x10\x02\x12\x1b\n\x17VERSION_ORIGIN_ROLLBACK\x10\x03\x32\xef\x04\n\rPolicyService\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12J\n\x0bPushWeights\x12\x1b.rlhf.v1.PushWeightsRequest\x1a\x1c.rlhf.v1.PushWeightsResponse(\x01\x12?\n\x08Rollback\x12\x18.rlhf.v1.RollbackRequest\x1a\x19.rlhf.v1.RollbackResponse\x12\x42\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x1a.rlhf.v1.GetStatusResponse\x12]\n\x12InitWeightTransfer\x12\".rlhf.v1.InitWeightTransferRequest\x1a#.rlhf.v1.InitWeightTransferResponse\x12N\n\rBeginNcclPush\x12\x1d.rlhf.v1.BeginNcclPushRequest\x1a\x1e.rlhf.v1.BeginNcclPushResponse\x12N\n\x0e\x43ommitNcclPush\x12\x1e.rlhf.v1.CommitNcclPushRequest\x1a\x1c.rlhf.v1.PushWeightsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14rlhf/v1/policy.proto\x12\x07rlhf.v1\x1a\x14rlhf/v1/common.proto\"F\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x1b\n\x13\x61pply_chat_template\x18\x03 \x01(\x08\"\xc4\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x9d\x01\n\x0fGenerateRequest\x12 \n\x07prompts\x18\x01 \x03(\x0b\x32\x0f.rlhf.v1.Prompt\x12)\n\x08sampling\x18\x02 \x01(\x0b\x32\x17.rlhf.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12)\n\trecording\x18\x04 \x01(\x0e\x32\x16.rlhf.v1.RecordingMode\"\xa3\x01\n\x06Sample\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x06 \x01(\x04\x12\x11\n\tsample_id\x18\x07 \x01(\t\"J\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12 \n\x07samples\x18\x02 \x03(\x0b\x32\x0f.rlhf.v1.Sample\":\n\x10GenerateResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.rlhf.v1.PromptResult\"\xf0\x01\n\x16GenerateStreamResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x12\n\ntext_delta\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\x05\x12\x10\n\x08logprobs\x18\x05 \x03(\x02\x12,\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x15.rlhf.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x07 \x01(\x04\x12\x18\n\x10prompt_token_ids\x18\x08 \x03(\x05\x12\x11\n\tsample_id\x18\t \x01(\t\"\x81\x02\n\tPushBegin\x12\x1d\n\x10\x65xpected_version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x14\n\x07version\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x0f\n\x07push_id\x18\x06 \x01(\t\x12,\n\x08\x63hecksum\x18\x07 \x01(\x0e\x32\x1a.rlhf.v1.ChecksumAlgorithm\x12\'\n\x07segment\x18\x08 \x01(\x0b\x32\x16.rlhf.v1.SharedSegmentB\x13\n\x11_expected_versionB\n\n\x08_version\".\n\rSharedSegment\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\",\n\nPushCommit\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"\x8f\x01\n\x12PushWeightsRequest\x12#\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.rlhf.v1.PushBeginH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.rlhf.v1.TensorChunkH\x00\x12%\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x13.rlhf.v1.PushCommitH\x00\x42\x06\n\x04item\"\x80\x02\n\x13PushWeightsResponse\x12\x16\n\x0eweight_version\x18\x01 \x01(\x04\x12\x18\n\x10previous_version\x18\x02 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x17\n\x0freceive_seconds\x18\x05 \x01(\x01\x12\x15\n\rapply_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07push_id\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\t \x01(\x0c\x12,\n\x08\x63hecksum\x18\n \x01(\x0e\x32\x1a.rlhf.v1.ChecksumAlgorithm\"\x12\n\x10GetStatusRequest\"\xa9\x03\n\x11GetStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0eweight_version\x18\x02 \x01(\x04\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.rlhf.v1.EngineState\x12\x18\n\x10running_requests\x18\x04 \x01(\r\x12\x15\n\rmax_model_len\x18\x05 \x01(\r\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x14\n\x0cversion_note\x18\x08 \x01(\t\x12\x1a\n\x12version_since_unix\x18\t \x01(\x01\x12\x37\n\x13restorable_versions\x18\n \x03(\x0b\x32\x1a.rlhf.v1.WeightVersionInfo\x12\x17\n\x0fhighest_version\x18\x0b \x01(\x04\x12\x17\n\x0fweight_transfer\x18\x0c \x01(\t\x12\x18\n\x10transfer_workers\x18\r \x01(\r\x12+\n\x07\x63urrent\x18\x0e \x01(\x0b\x32\x1a.rlhf.v1.WeightVersionInfo\x12\x0f\n\x07host_id\x18\x0f \x01(\t\"\xcf\x01\n\x11WeightVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04note\x18\x02 \x01(\t\x12\x14\n\x0c\x61pplied_unix\x18\x03 \x01(\x01\x12\x0f\n\x07push_id\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12&\n\x06origin\x18\x06 \x01(\x0e\x32\x16.rlhf.v1.VersionOrigin\x12\x0e\n\x06\x64igest\x18\x07 \x01(\x0c\x12,\n\x08\x63hecksum\x18\x08 \x01(\x0e\x32\x1a.rlhf.v1.ChecksumAlgorithm\"C\n\x0fRollbackRequest\x12\x14\n\x07version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x02 \x01(\tB\n\n\x08_version\"p\n\x10RollbackResponse\x12\x16\n\x0eweight_version\x18\x01 \x01(\x04\x12\x18\n\x10previous_version\x18\x02 \x01(\x04\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\r\x12\x15\n\rapply_seconds\x18\x04 \x01(\x01\"\xbf\x01\n\x19InitWeightTransferRequest\x12\x16\n\x0emaster_address\x18\x01 \x01(\t\x12\x13\n\x0bmaster_port\x18\x02 \x01(\r\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\x13\n\x0brank_offset\x18\x04 \x01(\r\x12\x0e\n\x06packed\x18\x05 \x01(\x08\x12 \n\x18packed_buffer_size_bytes\x18\x06 \x01(\x04\x12\x1a\n\x12packed_num_buffers\x18\x07 \x01(\r\"-\n\x1aInitWeightTransferResponse\x12\x0f\n\x07workers\x18\x01 \x01(\r\"8\n\nNcclTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"o\n\x14\x42\x65ginNcclPushRequest\x12!\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.rlhf.v1.PushBegin\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.rlhf.v1.NcclTensor\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"[\n\x15\x42\x65ginNcclPushResponse\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x04\x12\x18\n\x10reserved_seconds\x18\x03 \x01(\x01\"(\n\x15\x43ommitNcclPushRequest\x12\x0f\n\x07push_id\x18\x01 \x01(\t*^\n\rRecordingMode\x12\x1e\n\x1aRECORDING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11RECORDING_MODE_ON\x10\x01\x12\x16\n\x12RECORDING_MODE_OFF\x10\x02*w\n\x11\x43hecksumAlgorithm\x12\"\n\x1e\x43HECKSUM_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x43HECKSUM_ALGORITHM_SHA256\x10\x01\x12\x1f\n\x1b\x43HECKSUM_ALGORITHM_XXH3_128\x10\x02*\x9c\x01\n\x0b\x45ngineState\x12\x1c\n\x18\x45NGINE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NGINE_STATE_STARTING\x10\x01\x12\x18\n\x14\x45NGINE_STATE_SERVING\x10\x02\x12!\n\x1d\x45NGINE_STATE_UPDATING_WEIGHTS\x10\x03\x12\x17\n\x13\x45NGINE_STATE_FAILED\x10\x04*\x84\x01\n\rVersionOrigin\x12\x1e\n\x1aVERSION_ORIGIN_UNSPECIFIED\x10\x00\x12\x1d\n\x19VERSION_ORIGIN_CHECKPOINT\x10\x01\x12\x17\n\x13VERSION_ORIGIN_PUSH\x10\x02\x12\x1b\n\x17VERSION_ORIGIN_ROLLBACK\x10\x03\x32\xef\x04\n\rPolicyService\x12?\n\x08Generate\x12\x18.rlhf.v1.GenerateRequest\x1a\x19.rlhf.v1.GenerateResponse\x12M\n\x0eGenerateStream\x12\x18.rlhf.v1.GenerateRequest\x1a\x1f.rlhf.v1.GenerateStreamResponse0\x01\x12J\n\x0bPushWeights\x12\x1b.rlhf.v1.PushWeightsRequest\x1a\x1c.rlhf.v1.PushWeightsResponse(\x01\x12?\n\x08Rollback\x12\x18.rlhf.v1.RollbackRequest\x1a\x19.rlhf.v1.RollbackResponse\x12\x42\n\tGetStatus\x12\x19.rlhf.v1.GetStatusRequest\x1a\x1a.rlhf.v1.GetStatusResponse\x12]\n\x12InitWeightTransfer\x12\".rlhf.v1.InitWeightTransferRequest\x1a#.rlhf.v1.InitWeightTransferResponse\x12N\n\rBeginNcclPush\x12\x1d.rlhf.v1.BeginNcclPushRequest\x1a\x1e.rlhf.v1.BeginNcclPushResponse\x12N\n\x0e\x43ommitNcclPush\x12\x1e.rlhf.v1.CommitNcclPushRequest\x1a\x1c.rlhf.v1.PushWeightsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhf.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDINGMODE']._serialized_start=2886
-  _globals['_RECORDINGMODE']._serialized_end=2980
-  _globals['_ENGINESTATE']._serialized_start=2983
-  _globals['_ENGINESTATE']._serialized_end=3139
-  _globals['_VERSIONORIGIN']._serialized_start=3142
-  _globals['_VERSIONORIGIN']._serialized_end=3274
+  _globals['_RECORDINGMODE']._serialized_start=3178
+  _globals['_RECORDINGMODE']._serialized_end=3272
+  _globals['_CHECKSUMALGORITHM']._serialized_start=3274
+  _globals['_CHECKSUMALGORITHM']._serialized_end=3393
+  _globals['_ENGINESTATE']._serialized_start=3396
+  _globals['_ENGINESTATE']._serialized_end=3552
+  _globals['_VERSIONORIGIN']._serialized_start=3555
+  _globals['_VERSIONORIGIN']._serialized_end=3687
   _globals['_PROMPT']._serialized_start=55
   _globals['_PROMPT']._serialized_end=125
   _globals['_SAMPLINGPARAMS']._serialized_start=128
@@ -53,35 +55,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMRESPONSE']._serialized_start=789
   _globals['_GENERATESTREAMRESPONSE']._serialized_end=1029
   _globals['_PUSHBEGIN']._serialized_start=1032
-  _globals['_PUSHBEGIN']._serialized_end=1202
-  _globals['_PUSHCOMMIT']._serialized_start=1204
-  _globals['_PUSHCOMMIT']._serialized_end=1232
-  _globals['_PUSHWEIGHTSREQUEST']._serialized_start=1235
-  _globals['_PUSHWEIGHTSREQUEST']._serialized_end=1378
-  _globals['_PUSHWEIGHTSRESPONSE']._serialized_start=1381
-  _globals['_PUSHWEIGHTSRESPONSE']._serialized_end=1575
-  _globals['_GETSTATUSREQUEST']._serialized_start=1577
-  _globals['_GETSTATUSREQUEST']._serialized_end=1595
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1598
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2006
-  _globals['_WEIGHTVERSIONINFO']._serialized_start=2009
-  _globals['_WEIGHTVERSIONINFO']._serialized_end=2154
-  _globals['_ROLLBACKREQUEST']._serialized_start=2156
-  _globals['_ROLLBACKREQUEST']._serialized_end=2223
-  _globals['_ROLLBACKRESPONSE']._serialized_start=2225
-  _globals['_ROLLBACKRESPONSE']._serialized_end=2337
-  _globals['_INITWEIGHTTRANSFERREQUEST']._serialized_start=2340
-  _globals['_INITWEIGHTTRANSFERREQUEST']._serialized_end=2531
-  _globals['_INITWEIGHTTRANSFERRESPONSE']._serialized_start=2533
-  _globals['_INITWEIGHTTRANSFERRESPONSE']._serialized_end=2578
-  _globals['_NCCLTENSOR']._serialized_start=2580
-  _globals['_NCCLTENSOR']._serialized_end=2636
-  _globals['_BEGINNCCLPUSHREQUEST']._serialized_start=2638
-  _globals['_BEGINNCCLPUSHREQUEST']._serialized_end=2749
-  _globals['_BEGINNCCLPUSHRESPONSE']._serialized_start=2751
-  _globals['_BEGINNCCLPUSHRESPONSE']._serialized_end=2842
-  _globals['_COMMITNCCLPUSHREQUEST']._serialized_start=2844
-  _globals['_COMMITNCCLPUSHREQUEST']._serialized_end=2884
-  _globals['_POLICYSERVICE']._serialized_start=3277
-  _globals['_POLICYSERVICE']._serialized_end=3900
+  _globals['_PUSHBEGIN']._serialized_end=1289
+  _globals['_SHAREDSEGMENT']._serialized_start=1291
+  _globals['_SHAREDSEGMENT']._serialized_end=1337
+  _globals['_PUSHCOMMIT']._serialized_start=1339
+  _globals['_PUSHCOMMIT']._serialized_end=1383
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_start=1386
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_end=1529
+  _globals['_PUSHWEIGHTSRESPONSE']._serialized_start=1532
+  _globals['_PUSHWEIGHTSRESPONSE']._serialized_end=1788
+  _globals['_GETSTATUSREQUEST']._serialized_start=1790
+  _globals['_GETSTATUSREQUEST']._serialized_end=1808
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1811
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2236
+  _globals['_WEIGHTVERSIONINFO']._serialized_start=2239
+  _globals['_WEIGHTVERSIONINFO']._serialized_end=2446
+  _globals['_ROLLBACKREQUEST']._serialized_start=2448
+  _globals['_ROLLBACKREQUEST']._serialized_end=2515
+  _globals['_ROLLBACKRESPONSE']._serialized_start=2517
+  _globals['_ROLLBACKRESPONSE']._serialized_end=2629
+  _globals['_INITWEIGHTTRANSFERREQUEST']._serialized_start=2632
+  _globals['_INITWEIGHTTRANSFERREQUEST']._serialized_end=2823
+  _globals['_INITWEIGHTTRANSFERRESPONSE']._serialized_start=2825
+  _globals['_INITWEIGHTTRANSFERRESPONSE']._serialized_end=2870
+  _globals['_NCCLTENSOR']._serialized_start=2872
+  _globals['_NCCLTENSOR']._serialized_end=2928
+  _globals['_BEGINNCCLPUSHREQUEST']._serialized_start=2930
+  _globals['_BEGINNCCLPUSHREQUEST']._serialized_end=3041
+  _globals['_BEGINNCCLPUSHRESPONSE']._serialized_start=3043
+  _globals['_BEGINNCCLPUSHRESPONSE']._serialized_end=3134
+  _globals['_COMMITNCCLPUSHREQUEST']._serialized_start=3136
+  _globals['_COMMITNCCLPUSHREQUEST']._serialized_end=3176
+  _globals['_POLICYSERVICE']._serialized_start=3690
+  _globals['_POLICYSERVICE']._serialized_end=4313
 # @@protoc_insertion_point(module_scope)

@@ -14,6 +14,12 @@ class RecordingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORDING_MODE_ON: _ClassVar[RecordingMode]
     RECORDING_MODE_OFF: _ClassVar[RecordingMode]
 
+class ChecksumAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECKSUM_ALGORITHM_UNSPECIFIED: _ClassVar[ChecksumAlgorithm]
+    CHECKSUM_ALGORITHM_SHA256: _ClassVar[ChecksumAlgorithm]
+    CHECKSUM_ALGORITHM_XXH3_128: _ClassVar[ChecksumAlgorithm]
+
 class EngineState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENGINE_STATE_UNSPECIFIED: _ClassVar[EngineState]
@@ -31,6 +37,9 @@ class VersionOrigin(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 RECORDING_MODE_UNSPECIFIED: RecordingMode
 RECORDING_MODE_ON: RecordingMode
 RECORDING_MODE_OFF: RecordingMode
+CHECKSUM_ALGORITHM_UNSPECIFIED: ChecksumAlgorithm
+CHECKSUM_ALGORITHM_SHA256: ChecksumAlgorithm
+CHECKSUM_ALGORITHM_XXH3_128: ChecksumAlgorithm
 ENGINE_STATE_UNSPECIFIED: EngineState
 ENGINE_STATE_STARTING: EngineState
 ENGINE_STATE_SERVING: EngineState
@@ -138,26 +147,40 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, prompt_index: _Optional[int] = ..., sample_index: _Optional[int] = ..., text_delta: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., weight_version: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sample_id: _Optional[str] = ...) -> None: ...
 
 class PushBegin(_message.Message):
-    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note", "version", "push_id")
+    __slots__ = ("expected_version", "num_tensors", "total_bytes", "note", "version", "push_id", "checksum", "segment")
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     expected_version: int
     num_tensors: int
     total_bytes: int
     note: str
     version: int
     push_id: str
-    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ..., version: _Optional[int] = ..., push_id: _Optional[str] = ...) -> None: ...
+    checksum: ChecksumAlgorithm
+    segment: SharedSegment
+    def __init__(self, expected_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., note: _Optional[str] = ..., version: _Optional[int] = ..., push_id: _Optional[str] = ..., checksum: _Optional[_Union[ChecksumAlgorithm, str]] = ..., segment: _Optional[_Union[SharedSegment, _Mapping]] = ...) -> None: ...
+
+class SharedSegment(_message.Message):
+    __slots__ = ("path", "host_id")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    host_id: str
+    def __init__(self, path: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class PushCommit(_message.Message):
-    __slots__ = ("sha256",)
+    __slots__ = ("sha256", "digest")
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     sha256: bytes
-    def __init__(self, sha256: _Optional[bytes] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, sha256: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class PushWeightsRequest(_message.Message):
     __slots__ = ("begin", "chunk", "commit")
@@ -170,7 +193,7 @@ class PushWeightsRequest(_message.Message):
     def __init__(self, begin: _Optional[_Union[PushBegin, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.TensorChunk, _Mapping]] = ..., commit: _Optional[_Union[PushCommit, _Mapping]] = ...) -> None: ...
 
 class PushWeightsResponse(_message.Message):
-    __slots__ = ("weight_version", "previous_version", "num_tensors", "total_bytes", "receive_seconds", "apply_seconds", "push_id", "sha256")
+    __slots__ = ("weight_version", "previous_version", "num_tensors", "total_bytes", "receive_seconds", "apply_seconds", "push_id", "sha256", "digest", "checksum")
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     NUM_TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +202,8 @@ class PushWeightsResponse(_message.Message):
     APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     weight_version: int
     previous_version: int
     num_tensors: int
@@ -187,14 +212,16 @@ class PushWeightsResponse(_message.Message):
     apply_seconds: float
     push_id: str
     sha256: bytes
-    def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., receive_seconds: _Optional[float] = ..., apply_seconds: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+    digest: bytes
+    checksum: ChecksumAlgorithm
+    def __init__(self, weight_version: _Optional[int] = ..., previous_version: _Optional[int] = ..., num_tensors: _Optional[int] = ..., total_bytes: _Optional[int] = ..., receive_seconds: _Optional[float] = ..., apply_seconds: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., digest: _Optional[bytes] = ..., checksum: _Optional[_Union[ChecksumAlgorithm, str]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version", "weight_transfer", "transfer_workers", "current")
+    __slots__ = ("model", "weight_version", "state", "running_requests", "max_model_len", "vocab_size", "engine", "version_note", "version_since_unix", "restorable_versions", "highest_version", "weight_transfer", "transfer_workers", "current", "host_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +236,7 @@ class GetStatusResponse(_message.Message):
     WEIGHT_TRANSFER_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_WORKERS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     weight_version: int
     state: EngineState
@@ -223,23 +251,28 @@ class GetStatusResponse(_message.Message):
     weight_transfer: str
     transfer_workers: int
     current: WeightVersionInfo
-    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ..., weight_transfer: _Optional[str] = ..., transfer_workers: _Optional[int] = ..., current: _Optional[_Union[WeightVersionInfo, _Mapping]] = ...) -> None: ...
+    host_id: str
+    def __init__(self, model: _Optional[str] = ..., weight_version: _Optional[int] = ..., state: _Optional[_Union[EngineState, str]] = ..., running_requests: _Optional[int] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., engine: _Optional[str] = ..., version_note: _Optional[str] = ..., version_since_unix: _Optional[float] = ..., restorable_versions: _Optional[_Iterable[_Union[WeightVersionInfo, _Mapping]]] = ..., highest_version: _Optional[int] = ..., weight_transfer: _Optional[str] = ..., transfer_workers: _Optional[int] = ..., current: _Optional[_Union[WeightVersionInfo, _Mapping]] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class WeightVersionInfo(_message.Message):
-    __slots__ = ("version", "note", "applied_unix", "push_id", "sha256", "origin")
+    __slots__ = ("version", "note", "applied_unix", "push_id", "sha256", "origin", "digest", "checksum")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_UNIX_FIELD_NUMBER: _ClassVar[int]
     PUSH_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     version: int
     note: str
     applied_unix: float
     push_id: str
     sha256: bytes
     origin: VersionOrigin
-    def __init__(self, version: _Optional[int] = ..., note: _Optional[str] = ..., applied_unix: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., origin: _Optional[_Union[VersionOrigin, str]] = ...) -> None: ...
+    digest: bytes
+    checksum: ChecksumAlgorithm
+    def __init__(self, version: _Optional[int] = ..., note: _Optional[str] = ..., applied_unix: _Optional[float] = ..., push_id: _Optional[str] = ..., sha256: _Optional[bytes] = ..., origin: _Optional[_Union[VersionOrigin, str]] = ..., digest: _Optional[bytes] = ..., checksum: _Optional[_Union[ChecksumAlgorithm, str]] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("version", "reason")

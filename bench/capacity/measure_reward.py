@@ -1,0 +1,246 @@
+"""Reward-service costs on this machine, measured in pieces: what the capacity model predicts
+`make bench-reward`'s throughput and `make bench-step`'s score phase from (once wired: see
+reward_service.py; no committed result yet).
+
+    flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward
+
+Neither predicted benchmark is run or read here. Three parts, each a component:
+
+1. forward: the similarity model (`SimilarityReward.score`, in-process, no server) on bench-reward's
+   workload, consecutive items in file order as the benchmark sends them, at batch sizes 1..32. A line
+   per_batch_s + per_pair_s x size is fitted to these timings (least squares over the sizes): the
+   per-batch overhead and the per-pair cost.
+2. step batch: the same model on one score call of the step's shape (the trainer's prompts file, 4
+   prompts x 4 samples, completions cut to the step's `max_tokens` policy tokens, each prompt's
+   reference). Every round brings texts not seen before, as every step does.
+3. service: the real reward server with bench-step's settings, hosting a `rules` model (its scoring
+   costs microseconds, so what is timed is the service itself): one client's latency for a request of
+   1 and of 16 items (gRPC, validation, the batcher's wait, replies), and, with 16 clients, CPU seconds
+   per request of server and client together (what competes with a forward for the cores).
+
+Writes bench/results/capacity.reward.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.machine import RESULTS, machine
+from bench.reward_bench import workload
+from rlhf.v1 import reward_pb2, reward_pb2_grpc
+from services.common.client import open_aio_channel
+from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
+from services.common.process import ServerProcess, free_port
+from services.reward.backend import RewardItem
+from services.reward.similarity import SimilarityReward
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+OUT = RESULTS / "capacity.reward.json"
+SIZES = (1, 2, 4, 8, 16, 32)
+STEP_PROMPTS, STEP_SAMPLES = 4, 4  # TrainerConfig defaults: the shape of one step's Score call
+RULES_TOML = """\
+[[models]]
+name = "rules"
+kind = "rules"
+target_words = 30
+required_words = ["book"]
+"""
+
+
+def bench_workload() -> list[RewardItem]:
+    """bench/reward_bench.py's items (every chosen and rejected completion with its reference), same order."""
+    items = workload(ROOT / "data" / "preferences.jsonl")
+    return [RewardItem(i.prompt, i.completion, i.reference or None) for i in items]
+
+
+def step_batches(max_tokens: int, rounds: int) -> list[list[RewardItem]]:
+    """`rounds` score calls of the step's shape, each with prompts and completions not used before."""
+    from transformers import AutoTokenizer
+
+    policy = AutoTokenizer.from_pretrained(str(prepare_smollm2(DEFAULT_CACHE)))
+    rows = [json.loads(line) for line in (ROOT / "data" / "book_reviews.jsonl").read_text().splitlines() if line]
+    texts = []
+    for line in (ROOT / "data" / "preferences.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        texts += [record["chosen"], record["rejected"]]
+    cut = [policy.decode(policy(t, add_special_tokens=False)["input_ids"][:max_tokens]) for t in texts]
+    batches, used = [], 0
+    for index in range(rounds):
+        batch = []
+        for row in rows[(index * STEP_PROMPTS) % len(rows) :][:STEP_PROMPTS]:
+            for _ in range(STEP_SAMPLES):
+                batch.append(RewardItem(row["prompt"], cut[used % len(cut)], row["reference"]))
+                used += 1
+        batches.append(batch)
+    return batches
+
+
+def fit_line(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line through (size, seconds)."""
+    slope, intercept = np.polyfit(np.array(sizes, float), np.array(seconds, float), 1)
+    return float(intercept), float(slope)
+
+
+def measure_forward(repeats: int) -> dict:
+    model = SimilarityReward("similarity")
+    items = bench_workload()
+    model.score(items[:32])  # warm-up
+    by_size = {}
+    for size in SIZES:
+        times = []
+        for r in range(repeats):
+            start = (r * size) % len(items)
+            batch = [items[(start + k) % len(items)] for k in range(size)]
+            started = time.perf_counter()
+            model.score(batch)
+            times.append(time.perf_counter() - started)
+        by_size[size] = statistics.median(times)
+        log.info("forward batch=%d: %.1f ms (median of %d)", size, by_size[size] * 1000, repeats)
+    per_batch, per_pair = fit_line(list(by_size), list(by_size.values()))
+    counted = items[:256]
+    started = time.perf_counter()
+    model.token_lengths(counted)
+    count_s = (time.perf_counter() - started) / len(counted)
+    return {
+        "what": "SimilarityReward.score in-process, bench-reward's items in file order (all-MiniLM-L6-v2)",
+        "repeats": repeats,
+        "seconds_by_batch": {str(k): round(v, 5) for k, v in by_size.items()},
+        "per_batch_s": round(per_batch, 5),
+        "per_pair_s": round(per_pair, 6),
+        "fit": "least squares of seconds_by_batch against the batch size",
+        "token_count_s_per_item": round(count_s, 6),
+        "token_lengths": model.token_lengths(items),
+        "_model": model,
+    }
+
+
+def measure_step_batch(model, max_tokens: int, rounds: int) -> dict:
+    batches = step_batches(max_tokens, rounds + 1)
+    model.score(batches[0])  # warm-up, left out
+    seconds = []
+    for batch in batches[1:]:
+        started = time.perf_counter()
+        model.score(batch)
+        seconds.append(time.perf_counter() - started)
+    log.info("step batch (%d items): %.1f ms median", len(batches[1]), statistics.median(seconds) * 1000)
+    return {
+        "what": f"one score call of the step's shape: {STEP_PROMPTS} prompts x {STEP_SAMPLES} samples, completions "
+        f"cut to {max_tokens} SmolLM2 tokens, new texts each round, in-process",
+        "items": len(batches[1]),
+        "seconds": [round(s, 4) for s in seconds],
+        "seconds_median": round(statistics.median(seconds), 5),
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _service_levels(address: str, server_pid: int, requests: int, step_items: list[RewardItem]) -> dict:
+
+    def message(item: RewardItem) -> reward_pb2.ScoreItem:
+        return reward_pb2.ScoreItem(prompt=item.prompt, completion=item.completion, reference=item.reference)
+
+    one, sixteen = [message(step_items[0])], [message(i) for i in step_items]
+    async with open_aio_channel(address) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+
+        async def latency(items, count: int) -> float:
+            times = []
+            for _ in range(count):
+                started = time.perf_counter()
+                await stub.Score(reward_pb2.ScoreRequest(model="rules", items=items), timeout=60)
+                times.append(time.perf_counter() - started)
+            return statistics.fmean(times)
+
+        await latency(one, 32)  # warm-up
+        single = await latency(one, requests)
+        step = await latency(sixteen, requests // 4)
+        clients, done = 16, 0
+
+        async def client() -> None:
+            nonlocal done
+            while done < requests:
+                done += 1
+                await stub.Score(reward_pb2.ScoreRequest(model="rules", items=one), timeout=60)
+
+        server_cpu, client_cpu, started = _cpu_seconds(server_pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - started
+        server_cpu, client_cpu = _cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    return {
+        "latency_1_item_s": round(single, 5),
+        "latency_step_items_s": round(step, 5),
+        "step_items": len(sixteen),
+        "clients": clients,
+        "requests": requests,
+        "requests_per_s": round(requests / wall, 1),
+        "server_cpu_s_per_request": round(server_cpu / requests, 6),
+        "client_cpu_s_per_request": round(client_cpu / requests, 6),
+        "cpu_s_per_request": round((server_cpu + client_cpu) / requests, 6),
+    }
+
+
+def measure_service(requests: int, step_items: list[RewardItem]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="capacity-reward-") as tmp:
+        models = Path(tmp) / "models.toml"
+        models.write_text(RULES_TOML)
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        args = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()),
+                "--models-file", str(models), "--log-level", "WARNING"]  # fmt: skip
+        server = ServerProcess("services.reward", args, Path(tmp) / "reward.log", env={"HF_HUB_OFFLINE": "1"})
+        server.start(address, 300)
+        try:
+            result = asyncio.run(_service_levels(address, server.process.pid, requests, step_items))
+        finally:
+            server.stop()
+    log.info("service (rules model): %s", result)
+    return {"what": "reward server (bench-step's settings) hosting a rules model; client in this process", **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=9, help="Timed batches per batch size (median taken).")
+    parser.add_argument("--step-rounds", type=int, default=8, help="Step-shaped score calls timed.")
+    parser.add_argument("--requests", type=int, default=256, help="Requests per service measurement.")
+    parser.add_argument("--max-tokens", type=int, default=48, help="The step's completion tokens (TrainerConfig).")
+    parser.add_argument("--out", type=Path, default=OUT, help="Result file.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    load_start = os.getloadavg()
+    forward = measure_forward(args.repeats)
+    model = forward.pop("_model")
+    step = measure_step_batch(model, args.max_tokens, args.step_rounds)
+    step_items = step_batches(args.max_tokens, 1)[0]
+    del model
+    service = measure_service(args.requests, step_items)
+    result = {
+        "benchmark": "capacity.reward",
+        "command": "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward",
+        "machine": {**machine(), "torch_threads": torch.get_num_threads()},
+        "forward": forward,
+        "step_batch": step,
+        "service": service,
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg(),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("-> %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
