@@ -20,7 +20,7 @@ help:
 	@echo "make protos      regenerate the gRPC Python code from protos/"
 	@echo "make images      build the docker-compose stack's images (local Debian base + Prometheus where Docker Hub is out of reach)"
 	@echo "make models      convert the packaged policy model once (no downloads)"
-	@echo "make bench       every benchmark below, one JSON each in bench/results/ (baseline, candidate, ratio, machine; ~1 h)"
+	@echo "make bench       every benchmark below, one JSON each in bench/results/ (baseline, candidate, ratio, machine; ~1.5 h on 2 cores)"
 	@echo "make bench-generation  tokens/s: policy service vs in-process vLLM vs HF generate (bench/results/generation.json)"
 	@echo "make bench-push  push seconds and GB/s: gRPC push vs disk write + reload, SmolLM2 and ~1B bf16 (bench/results/push.json)"
 	@echo "make bench-step  training step time split, sync vs async rollouts (bench/results/step.json)"
@@ -107,7 +107,7 @@ test-integration: setup system-deps
 
 .PHONY: bench bench-generation bench-push bench-step bench-scaling
 # Every benchmark, one after another (they must not share the machine with each other).
-bench: bench-generation bench-push bench-reward bench-step bench-scaling bench-soak bench-load bench-learning
+bench: bench-generation bench-push bench-reward bench-step bench-scaling bench-soak bench-load bench-learning bench-exploration bench-capacity
 	HF_HUB_OFFLINE=1 $(PY) -m bench.summary
 
 bench-generation: setup
