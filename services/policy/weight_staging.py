@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import struct
 import tempfile
 import uuid
@@ -30,15 +32,61 @@ def read_manifest(model_dir: str) -> dict[str, TensorSpec]:
     return manifest
 
 
+_HELD_LOCKS: list[int] = []  # descriptors kept open for the process's life: the lock is the "still in use" mark
+
+
 def staging_dir(configured: str) -> Path:
+    """Where pushes are staged: `configured`, or a per-process directory in /dev/shm (else the temp dir).
+
+    A default directory is marked in use by an flock held for the process's life. Default directories of
+    servers that died without cleaning up (SIGKILL, OOM) hold whole models in tmpfs, that is in RAM, so a
+    starting server removes those whose lock nobody holds. The lock, not the pid, decides: pids are reused
+    and do not cross container pid namespaces that share /dev/shm.
+    """
     if configured:
         path = Path(configured)
-    elif Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
-        path = Path("/dev/shm") / f"rlhf-policy-{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+        parent = Path("/dev/shm")
     else:
-        path = Path(tempfile.gettempdir()) / f"rlhf-policy-{os.getpid()}"
+        parent = Path(tempfile.gettempdir())
+    path = parent / f"rlhf-policy-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path / _IN_USE, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _HELD_LOCKS.append(descriptor)
+    remove_abandoned_staging(parent, keep=path)
     return path
+
+
+_IN_USE = ".in-use.lock"
+
+
+def remove_abandoned_staging(parent: Path, keep: Path) -> list[Path]:
+    """Removes this user's default staging directories under `parent` whose in-use lock nobody holds."""
+    removed = []
+    for candidate in parent.glob("rlhf-policy-*"):
+        lock = candidate / _IN_USE
+        if candidate == keep or candidate.is_symlink() or not lock.is_file():
+            continue  # no lock file: not ours to judge (an older server, or not a staging directory)
+        if candidate.stat().st_uid != os.getuid():
+            continue
+        try:
+            descriptor = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue  # a live server holds it
+        try:
+            shutil.rmtree(candidate, ignore_errors=True)  # under the lock: nobody can claim it meanwhile
+        finally:
+            os.close(descriptor)
+        removed.append(candidate)
+    return removed
 
 
 def write_staged(push: StagedPush, directory: Path) -> Path:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from services.common.errors import InvalidArgument
 from services.common.weight_stream import PushAssembler, TensorSpec, push_requests
-from services.policy.weight_staging import SafetensorsFileSink
+from services.policy.weight_staging import SafetensorsFileSink, remove_abandoned_staging, staging_dir
 
 TENSORS = {
     "model.layers.0.self_attn.q_proj.weight": torch.randn(6, 4),
@@ -54,3 +59,44 @@ def test_a_rejected_chunk_leaves_no_file(tmp_path):
             receiver.feed(request)
     receiver.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_starting_server_removes_staging_left_by_dead_servers_but_not_live_ones(tmp_path):
+    def staging(name: str) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "push-0.safetensors").write_bytes(b"x" * 1024)
+        (directory / ".in-use.lock").touch()
+        return directory
+
+    dead, live, mine = staging("rlhf-policy-1"), staging("rlhf-policy-2"), staging("rlhf-policy-3")
+    unlocked_legacy = tmp_path / "rlhf-policy-4"  # an older server's directory: no lock file, left alone
+    unlocked_legacy.mkdir()
+    other = tmp_path / "something-else"
+    other.mkdir()
+    (other / ".in-use.lock").touch()
+    holder = os.open(live / ".in-use.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live server holds its lock
+    try:
+        removed = remove_abandoned_staging(tmp_path, keep=mine)
+    finally:
+        os.close(holder)
+    assert removed == [dead]
+    assert not dead.exists()
+    assert (live / "push-0.safetensors").exists() and (mine / "push-0.safetensors").exists()
+    assert unlocked_legacy.exists() and other.exists()
+
+
+def test_the_default_staging_directory_is_locked_while_the_server_lives():
+    path = staging_dir("")
+    try:
+        probe = os.open(path / ".in-use.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(probe)
+        assert path not in remove_abandoned_staging(path.parent, keep=path.parent / "none")
+        assert path.is_dir()
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
