@@ -34,14 +34,7 @@ def test_missing_mirror_prints_one_line_per_package_and_succeeds(tmp_path):
     _fake(bin_dir, "id", "echo 0")
     for tool in ("ls", "timeout"):
         os.symlink(shutil.which(tool), bin_dir / tool)
-    proc = subprocess.run(
-        [make, "-s", "-C", str(ROOT), "system-deps"],
-        env={"PATH": str(bin_dir)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _system_deps(make, bin_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     for package in ("docker-compose", "prometheus", "chromium"):
@@ -60,7 +53,15 @@ def test_not_root_only_says_what_is_missing(tmp_path):
     _fake(bin_dir, "apt-get", "echo 'apt-get must not run' ; exit 1")
     _fake(bin_dir, "id", "echo 1000")
     os.symlink(shutil.which("ls"), bin_dir / "ls")
-    proc = subprocess.run(
+    proc = _system_deps(make, bin_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "apt-get must not run" not in proc.stdout
+    assert "system-deps: prometheus missing (not root: apt-get install prometheus)" in proc.stdout
+
+
+def _system_deps(make: str, bin_dir) -> subprocess.CompletedProcess:
+    """`make system-deps` with only the tools in `bin_dir` on PATH."""
+    return subprocess.run(
         [make, "-s", "-C", str(ROOT), "system-deps"],
         env={"PATH": str(bin_dir)},
         capture_output=True,
@@ -68,6 +69,3 @@ def test_not_root_only_says_what_is_missing(tmp_path):
         timeout=120,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "apt-get must not run" not in proc.stdout
-    assert "system-deps: prometheus missing (not root: apt-get install prometheus)" in proc.stdout
