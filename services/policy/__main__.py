@@ -17,7 +17,7 @@ from services.policy.engine import VllmEngine
 from services.policy.sampling import Limits
 from services.policy.server import PolicyServicer
 from services.policy.weight_history import WeightHistory, checkpoint_sources
-from services.policy.weight_staging import read_manifest, staging_dir
+from services.policy.weight_staging import read_manifest, release_staging, staging_dir
 from services.policy.weights import WeightManager
 
 log = logging.getLogger("services.policy")
@@ -71,10 +71,7 @@ async def serve(config: PolicyConfig) -> None:
     async def shutdown() -> None:
         engine.shutdown()
         experience.close()
-        for leftover in [*staging.glob("push-*.safetensors"), *staging.glob("restore-*.safetensors")]:
-            leftover.unlink(missing_ok=True)
-        if not config.staging_dir:
-            staging.rmdir()
+        release_staging(staging, config.staging_dir)
 
     registration = Registration(servicer, policy_pb2_grpc.add_PolicyServiceServicer_to_server, "rlhf.v1.PolicyService")
     await run_server(config, [registration, *experience.registrations], startup=startup, shutdown=shutdown)

@@ -89,6 +89,17 @@ def remove_abandoned_staging(parent: Path, keep: Path) -> list[Path]:
     return removed
 
 
+def release_staging(path: Path, configured: str) -> None:
+    """Cleans up at shutdown: a configured directory loses its leftover push files, a default one goes whole."""
+    if configured:
+        for leftover in [*path.glob("push-*.safetensors"), *path.glob("restore-*.safetensors")]:
+            leftover.unlink(missing_ok=True)
+        return
+    shutil.rmtree(path, ignore_errors=True)  # the in-use lock file goes with it; our descriptor still holds it
+    while _HELD_LOCKS:
+        os.close(_HELD_LOCKS.pop())
+
+
 def write_staged(push: StagedPush, directory: Path) -> Path:
     """The staged file of a push: the one its file sink wrote, or one written now from its tensors."""
     if push.path is not None:

@@ -13,7 +13,12 @@ from safetensors.torch import load_file
 
 from services.common.errors import InvalidArgument
 from services.common.weight_stream import PushAssembler, TensorSpec, push_requests
-from services.policy.weight_staging import SafetensorsFileSink, remove_abandoned_staging, staging_dir
+from services.policy.weight_staging import (
+    SafetensorsFileSink,
+    release_staging,
+    remove_abandoned_staging,
+    staging_dir,
+)
 
 TENSORS = {
     "model.layers.0.self_attn.q_proj.weight": torch.randn(6, 4),
@@ -100,3 +105,18 @@ def test_the_default_staging_directory_is_locked_while_the_server_lives():
         assert path.is_dir()
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def test_shutdown_removes_the_default_directory_lock_and_all_but_keeps_a_configured_one(tmp_path):
+    default = staging_dir("")
+    (default / "push-1.safetensors").write_bytes(b"x")
+    release_staging(default, "")
+    assert not default.exists()  # the lock file inside must not stop the removal (it did: ENOTEMPTY)
+
+    configured = tmp_path / "staging"
+    path = staging_dir(str(configured))
+    (path / "push-2.safetensors").write_bytes(b"x")
+    (path / "restore-3.safetensors").write_bytes(b"x")
+    (path / "mine.txt").write_bytes(b"x")
+    release_staging(path, str(configured))
+    assert sorted(p.name for p in path.iterdir()) == ["mine.txt"]
