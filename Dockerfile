@@ -40,12 +40,15 @@ ENV PYTHONUNBUFFERED=1 \
 RUN case "$ENGINE" in cpu|gpu) ;; *) echo "ENGINE must be cpu or gpu, got '$ENGINE'" >&2; exit 1;; esac
 
 # libnuma1: vLLM's CPU kernels link it. gcc/g++: torch inductor and triton
-# compile small kernels/launchers at run time. python3 + venv: only on a base
-# without Python (bare Debian). The packages live in a venv either way, so
-# `python` is the same interpreter on every base.
+# compile small kernels/launchers at run time, and inductor's C++ includes
+# Python.h: python3 + venv + dev headers only on a base without Python (bare
+# Debian; the python images ship the headers). Without them vLLM's CPU engine
+# turns healthy, then dies on its first generation (CppCompileError). The
+# packages live in a venv either way, so `python` is the same interpreter on
+# every base.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libnuma1 libgomp1 gcc g++ \
-       $(command -v python3 >/dev/null || echo python3 python3-venv) \
+       $(command -v python3 >/dev/null || echo python3 python3-venv python3-dev) \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 

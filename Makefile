@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make demo        set up, start policy + reward services, train a few steps, stop (writes runs/demo/summary.json)"
-	@echo "make demo-online online RLHF for 10 min plus start-up: simulated users, canary + stable policy, live reward model, feedback pages (runs/demo-online/)"
+	@echo "make demo-online online RLHF in at most ~14 min including start-up: simulated users, canary + stable policy, live reward model, feedback pages (runs/demo-online/)"
 	@echo "make test        set up and run the whole test suite (unit + integration)"
 	@echo "make setup       create $(VENV) and install the project (ENGINE=cpu|gpu)"
 	@echo "make protos      regenerate the gRPC Python code from protos/"
@@ -78,7 +78,7 @@ images:
 	ENGINE=$(ENGINE) ./deploy/build-images.sh
 
 # The compose stack for real (tests/integration/test_compose.py): build, up, healthy, 2 training steps, scraped, down.
-# Not part of `make test` yet: a cold image build takes ~13 min and the test has not passed end to end here.
+# Not part of `make test`: a cold image build takes ~13 min (the test itself ~6 min warm; see README, Docker Compose).
 test-compose: setup system-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration/test_compose.py $(PYTEST_ARGS)
 

@@ -35,6 +35,13 @@ def headline(value) -> str:
     return "see JSON"
 
 
+def format_ratio(ratio: float | dict | None) -> str:
+    """One ratio, or several named ones (a benchmark that compares on more than one axis)."""
+    if isinstance(ratio, dict):
+        return ", ".join(f"{name} {format_ratio(value)}" for name, value in ratio.items())
+    return str(ratio) if ratio is None else f"{ratio:.3g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m bench.summary", description=__doc__.splitlines()[0]).parse_args(argv)
     rows, problems = [], []
@@ -44,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         result = json.loads((RESULTS / f"{name}.json").read_text())
         missing = [key for key in REQUIRED if key not in result]
+        if "baseline" not in result and "candidate" not in result:
+            print(f"bench.summary: {name}.json is not a baseline/candidate comparison (skipped)", file=sys.stderr)
+            continue
         if missing:
             problems.append(f"{name}.json lacks {missing}")
             continue
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = result["ratio"]
         rows.append(
             f"| {name} | {compared} | {headline(result['baseline'])} | {headline(result['candidate'])} | "
-            f"{ratio if ratio is None else f'{ratio:.3g}'} | {where} |"
+            f"{format_ratio(ratio)} | {where} |"
         )
     print("| benchmark | compared | baseline | candidate | ratio | machine |")
     print("|---|---|---|---|---|---|")

@@ -66,11 +66,13 @@ def build(steps: int = 20, seed: int = 0, results: Path = calibration.RESULTS) -
             "efficiency": asdict(data.efficiency),
         },
         "simulation": {"steps": steps, "seed": seed, "jitter_cv": SimConfig.__dataclass_fields__["jitter_cv"].default},
+        "input_sources": calibration.input_sources(data),
         "measured_here": asdict(calibration.local_rates(results)),
         "table": table,
         "calibration": {
             "local": [c.as_dict() for c in local],
             "published": [c.as_dict() for c in published],
+            "local_reward_levels": calibration.reward_levels(results),
             "local_async": calibration.local_async(results),
             "local_summary": calibration.summary(local),
             "published_summary": calibration.summary(published),
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     local, published = result["calibration"]["local_summary"], result["calibration"]["published_summary"]
     print(
-        f"\nlocal: {local['in_band']}/{local['checks']} in band; published: {published['in_band']}/"
+        f"\nlocal: {local['in_band']}/{local['checks']} in band (not judged, machines differ: "
+        f"{', '.join(local['not_comparable']) or 'none'}); published: {published['in_band']}/"
         f"{published['checks']} in band; {result['wall_s']} s -> {args.out / 'capacity.json'}"
     )
     return 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench.capacity.inputs import INPUTS, Inputs, read_toml
 from bench.capacity.model import push_seconds
+from bench.capacity.reward_service import ServiceCosts, closed_loop
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -33,6 +34,7 @@ class Check:
     source: str
     inputs: str
     role: str = "check"
+    machines: tuple[str, ...] = ()  # local: the machine record of the measured file, then of each input file
 
     @property
     def error(self) -> float:
@@ -42,12 +44,28 @@ class Check:
     def ok(self) -> bool:
         return abs(self.error) <= self.band
 
+    @property
+    def comparable(self) -> bool:
+        """A local prediction only says something about the model when its inputs and the figure it predicts
+        were measured on the same machine (same platform record); published figures always are."""
+        return len(set(self.machines)) <= 1
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "error": round(self.error, 4), "ok": self.ok}
+        return {**asdict(self), "error": round(self.error, 4), "ok": self.ok, "comparable": self.comparable}
 
 
 def _read(name: str, results: Path) -> dict:
     return json.loads((results / name).read_text())
+
+
+def _machine(name: str, results: Path) -> str:
+    """The machine a result file was measured on, as its record names it (kernel/VM build in the platform)."""
+    return _read(name, results)["machine"]["platform"]
+
+
+def _predicted(key: str, directory: Path = INPUTS) -> str:
+    """The result file a prediction is compared with (local.toml [predicted])."""
+    return read_toml("local.toml", directory)["predicted"][key]
 
 
 @dataclass(frozen=True)
@@ -57,9 +75,10 @@ class LocalRates:
     decode_fixed_s: float  # per decode step, independent of the batch
     decode_per_sequence_s: float  # per decode step, per sequence in the batch
     first_token_s: float
-    reward_request_s: float  # one Score call's cost besides the forward
-    reward_pairs_per_s: float  # bare forward
-    reward_max_batch: int
+    reward: ServiceCosts  # the reward service's forward and per-request costs, batching as bench-reward runs it
+    reward_step_forward_s: float  # the forward of one score call of the step's shape
+    reward_step_service_s: float  # that call's service latency besides its forward (gRPC, the batcher's wait)
+    reward_step_items: int
     trainer_tokens_per_s: float
     step_sequence_tokens: float
     push_gb_s: float
@@ -68,12 +87,18 @@ class LocalRates:
         return self.first_token_s + tokens * (self.decode_fixed_s + self.decode_per_sequence_s * sequences)
 
     def score_s(self, pairs: int) -> float:
-        return self.reward_request_s + pairs / self.reward_pairs_per_s
+        """The step's one Score call on an otherwise idle service: its service latency plus its forward."""
+        if pairs != self.reward_step_items:
+            raise ValueError(f"the step batch was measured with {self.reward_step_items} pairs, not {pairs}")
+        return self.reward_step_service_s + self.reward_step_forward_s
 
-    def reward_throughput(self, clients: int) -> float:
-        """Closed loop: every client has one request out; the batcher serves up to max_batch of them at once."""
-        batch = min(clients, self.reward_max_batch)
-        return batch / self.score_s(batch)
+
+def _batching(reward: dict) -> dict[str, float]:
+    """The batcher settings bench-reward ran with (its configuration, not a measurement)."""
+    mode = reward["modes"]["on"]
+    value = {k: float(re.search(rf"{k}=([\d.]+)", mode).group(1)) for k in ("max_batch_size", "max_wait_ms")}
+    value["max_batch_tokens"] = float(re.search(r"max_batch_tokens=(\d+)", mode).group(1))
+    return value
 
 
 def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates:
@@ -87,21 +112,34 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
     per_step_one = single["tpot_ms"]["mean"] / 1000
     per_step_batch = (batch_s - first) / batch_tokens
     per_sequence = (per_step_batch - per_step_one) / (batch_sequences - 1)
-    reward = _read(files["reward_file"], results)
-    bare = reward["baseline"]["pairs_per_s"]
-    one = reward["results"][0]["on"]
-    max_batch = int(re.search(r"max_batch_size=(\d+)", reward["modes"]["on"]).group(1))
+    costs = _read(files["reward_costs_file"], results)
+    forward, service = costs["forward"], costs["service"]
+    settings = _batching(_read(files["reward_settings_file"], results))
     trainer = _read(files["trainer_file"], results)
-    push = _read(files["push_file"], results)["cases"][0]["candidate"]
+    # The step's trainer and policy share this host, so its pushes take the same-host (shared-memory) path
+    # (PolicyClient picks it from GetStatus's host id): the push benchmark's same-host case is the input.
+    push = _read(files["push_file"], results)["cases"][0]["same_host_push"]
     return LocalRates(
         decode_fixed_s=per_step_one - per_sequence,
         decode_per_sequence_s=per_sequence,
         first_token_s=first,
-        reward_request_s=one["mean_ms"] / 1000 - 1 / bare,
-        reward_pairs_per_s=bare,
-        reward_max_batch=max_batch,
-        # CPU seconds, not wall: other jobs share these cores (see measure_trainer.py); scaled to every core
-        trainer_tokens_per_s=trainer["tokens_per_cpu_s"] * trainer["machine"]["cores"],
+        reward=ServiceCosts(
+            per_batch_s=forward["per_batch_s"],
+            per_pair_s=forward["per_pair_s"],
+            # the rules model's latency less the batcher's wait; counting tokens is the similarity model's own
+            request_s=service["latency_1_item_s"] - settings["max_wait_ms"] / 1000 + forward["token_count_s_per_item"],
+            loop_s=service["server_cpu_s_per_request"],
+            cpu_per_request_s=service["cpu_s_per_request"],
+            cores=costs["machine"]["cores"],
+            max_batch=int(settings["max_batch_size"]),
+            max_wait_s=settings["max_wait_ms"] / 1000,
+            max_batch_tokens=int(settings["max_batch_tokens"]),
+        ),
+        reward_step_forward_s=costs["step_batch"]["seconds_median"],
+        reward_step_service_s=service["latency_step_items_s"]
+        + service["step_items"] * forward["token_count_s_per_item"],
+        reward_step_items=service["step_items"],
+        trainer_tokens_per_s=trainer["tokens_per_s"],
         step_sequence_tokens=trainer["shape"]["sequence_tokens_mean"],
         push_gb_s=push["gb_per_s"],
     )
@@ -121,41 +159,78 @@ def local_predictions(rates: LocalRates, directory: Path = INPUTS) -> dict[str, 
     return phases
 
 
+def reward_levels(results: Path = RESULTS, directory: Path = INPUTS) -> list[dict]:
+    """Every bench-reward level (batching on) as the closed-loop model replays it: pairs/s and batch size."""
+    rates = local_rates(results, directory)
+    files = read_toml("local.toml", directory)["inputs"]
+    lengths = _read(files["reward_costs_file"], results)["forward"]["token_lengths"]
+    reward = _read(_predicted("reward_file", directory), results)
+    requests = reward["workload"]["requests_per_level"]
+    levels = []
+    for level in reward["results"]:
+        model = closed_loop(rates.reward, level["concurrency"], lengths, requests)
+        levels.append(
+            {
+                "clients": level["concurrency"],
+                "predicted_pairs_per_s": round(model["pairs_per_s"], 2),
+                "measured_pairs_per_s": level["on"]["pairs_per_s"],
+                "predicted_mean_batch": round(model["mean_batch_size"], 2),
+                "measured_mean_batch": level["on"]["mean_batch_size"],
+            }
+        )
+    return levels
+
+
 def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Check]:
     rates = local_rates(results, directory)
     bands = read_toml("local.toml", directory)["bands"]
     predicted = local_predictions(rates, directory)
-    step = _read("step.json", results)["baseline"]
+    step = _read(_predicted("step_file", directory), results)["baseline"]
     measured = {**step["seconds"], "step": step["step_s"]}
+    files = read_toml("local.toml", directory)["inputs"]
     used = {
         "generate": "load.json (1 request: TTFT, TPOT) + generation.json (32 x 64 tokens)",
-        "score": "reward.json (1 client latency, bare forward pairs/s)",
+        "score": "capacity.reward.json (step-shaped forward + service latency of a 16-item request)",
         "train": "capacity.trainer.json (update tokens/s, no services)",
-        "push": "push.json (SmolLM2 fp32 gRPC GB/s)",
+        "push": f"{files['push_file']} (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
         "step": "the four phases above",
     }
+    phase_files = {
+        "generate": [files["generation_single_file"], files["generation_batch_file"]],
+        "score": [files["reward_costs_file"]],
+        "train": [files["trainer_file"]],
+        "push": [files["push_file"]],
+    }
+    phase_files["step"] = [name for phase in ("generate", "score", "train", "push") for name in phase_files[phase]]
+    step_file = _predicted("step_file", directory)
     checks = [
         Check(
             f"step.{name}",
             predicted[name],
             measured[name],
             bands[name],
-            "step.json baseline (make bench-step, sync)",
+            f"{step_file} baseline (make bench-step, sync)",
             used[name],
+            machines=tuple(_machine(n, results) for n in [step_file, *phase_files[name]]),
         )
         for name in ("generate", "score", "train", "push", "step")
     ]
-    reward = _read("reward.json", results)
-    for level in reward["results"][1:]:  # level 1 client is an input
-        clients = level["concurrency"]
+    reward_machines = (
+        _machine(_predicted("reward_file", directory), results),
+        _machine(files["reward_costs_file"], results),
+    )
+    for level in reward_levels(results, directory):
         checks.append(
             Check(
-                f"reward.pairs_per_s@{clients}",
-                rates.reward_throughput(clients),
-                level["on"]["pairs_per_s"],
+                f"reward.pairs_per_s@{level['clients']}",
+                level["predicted_pairs_per_s"],
+                level["measured_pairs_per_s"],
                 bands["reward_throughput"],
-                "reward.json (make bench-reward, batching on)",
-                "reward.json level 1 latency + bare forward pairs/s + max_batch_size",
+                f"{_predicted('reward_file', directory)} (make bench-reward, batching on)",
+                "capacity.reward.json (forward per batch + per pair, per-request latency and CPU) "
+                f"through the batcher's rule; batch {level['predicted_mean_batch']} "
+                f"(measured {level['measured_mean_batch']})",
+                machines=reward_machines,
             )
         )
     return checks
@@ -194,10 +269,11 @@ def fitted_per_tensor_s(inputs: Inputs, directory: Path = INPUTS) -> float:
 
 
 def summary(checks: list[Check]) -> dict:
-    counted = [c for c in checks if c.role == "check"]
+    counted = [c for c in checks if c.role == "check" and c.comparable]
     return {
         "checks": len(counted),
         "in_band": sum(c.ok for c in counted),
+        "not_comparable": [c.name for c in checks if not c.comparable],
         "max_abs_error": round(max(abs(c.error) for c in counted), 4) if counted else math.nan,
     }
 
@@ -213,15 +289,44 @@ def local_async(results: Path = RESULTS, directory: Path = INPUTS) -> dict:
     cap = read_toml("local.toml", directory)["step"]["max_staleness"]
     produce, consume = phases["generate"] + phases["score"], phases["train"] + phases["push"]
     predicted = cap if produce < consume else 1
-    candidate = _read("step.json", results)["candidate"]
+    candidate = _read(_predicted("step_file", directory), results)["candidate"]
     seen = Counter()
     for record in candidate["staleness"][1:]:  # the first batch is sampled before any push
         for version_lag, count in record.items():
             seen[int(version_lag)] += count
     return {
+        "step_file": _predicted("step_file", directory),
         "predicted_staleness": predicted,
         "measured_staleness_samples": dict(seen),
         "measured_mode": seen.most_common(1)[0][0] if seen else None,
         "separate_devices_step_s": round(max(produce, consume), 3),
         "measured_async_step_s_shared_cores": candidate["step_s"],
     }
+
+
+def input_sources(data: Inputs, directory: Path = INPUTS) -> dict:
+    """Which inputs are measured here (file and command), published (source) or assumed, for capacity.json."""
+    local = read_toml("local.toml", directory)
+    commands = local["commands"]
+    measured = [
+        {"input": key, "file": name, "command": commands[name]}
+        for key, name in local["inputs"].items()
+        if name in commands
+    ]
+    published = [{"input": f"gpus.{g.name}", "source": g.source} for g in data.gpus.values()]
+    published += [{"input": f"models.{m.name}", "source": m.source} for m in data.models.values()]
+    fit = next(f for f in read_toml("published.toml", directory)["figures"] if f["role"] == "fit")
+    published += [
+        {"input": "efficiency.link", "source": "cosmos-rl PR #158 (40% of a 50 GB/s NIC), hardware.toml"},
+        {"input": "push.delta_fraction", "source": "verl PR #6974 (1-3% of the bytes per step), workload.toml"},
+        {"input": "push.per_tensor_s", "source": f"fitted to one published figure: {fit['source']}"},
+    ]
+    assumed = [
+        "efficiency.train_mfu",
+        "efficiency.prefill_mfu",
+        "efficiency.decode_hbm",
+        "efficiency.reward_target_utilisation",
+        "push.per_bucket_s",
+        "workload.toml step/traffic shape",
+    ]
+    return {"measured_here": measured, "published": published, "assumed": assumed}

@@ -1,6 +1,5 @@
 """Reward-service costs on this machine, measured in pieces: what the capacity model predicts
-`make bench-reward`'s throughput and `make bench-step`'s score phase from (once wired: see
-reward_service.py; no committed result yet).
+`make bench-reward`'s throughput and `make bench-step`'s score phase from.
 
     flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward
 
@@ -61,6 +60,7 @@ required_words = ["book"]
 
 def bench_workload() -> list[RewardItem]:
     """bench/reward_bench.py's items (every chosen and rejected completion with its reference), same order."""
+
     items = workload(ROOT / "data" / "preferences.jsonl")
     return [RewardItem(i.prompt, i.completion, i.reference or None) for i in items]
 
@@ -94,6 +94,7 @@ def fit_line(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
 
 
 def measure_forward(repeats: int) -> dict:
+
     model = SimilarityReward("similarity")
     items = bench_workload()
     model.score(items[:32])  # warm-up

@@ -9,12 +9,11 @@ synthetic rollout of the step's shape (prompts from the training file through th
 chat template, `max_tokens` completion tokens, GRPO groups). Writes
 bench/results/capacity.trainer.json: sequence tokens per second of one update.
 
-Other jobs share this machine's two cores. A two-thread update then waits for a descheduled
-sibling thread (wall and CPU seconds both ~2x under a load average of 6), so the committed file
-was measured with `--threads 1`: the capacity model takes its tokens per CPU second times the
-machine's cores. That assumes the update scales with cores and is still slowed by neighbours on
-the same physical core; the calibration shows the result (+25% on the step's train phase).
-`tokens_per_s` is the wall rate; the load average at start and end is recorded.
+Run it on a quiet machine (the lock keeps other benchmarks off; `load_average_at_start/end` say
+how quiet it was) with torch's default threads, as the trainer in bench-step runs: the model takes
+`tokens_per_s`, the wall rate. `tokens_per_cpu_s` is recorded beside it; with `--threads 1` on a
+loaded machine it was the fallback, and scaling it to both cores overpredicted the step's train
+phase by 25%.
 """
 
 from __future__ import annotations

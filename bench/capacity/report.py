@@ -49,6 +49,7 @@ def calibration_lines(result: dict) -> list[str]:
     lines = [f"{'check':<30} {'predicted':>10} {'measured':>10} {'error':>8} {'band':>6}  ok  source"]
     for check in result["calibration"]["local"] + result["calibration"]["published"]:
         tag = "fit" if check["role"] == "fit" else ("yes" if check["ok"] else "NO")
+        tag = tag if check.get("comparable", True) else "n/j"  # not judged: machines differ
         lines.append(
             f"{check['name']:<30} {check['predicted']:>10.3f} {check['measured']:>10.3f} "
             f"{check['error']:>+8.1%} {check['band']:>6.0%}  {tag:<3} {check['source']}"
@@ -57,27 +58,43 @@ def calibration_lines(result: dict) -> list[str]:
 
 
 def misses(result: dict) -> list[str]:
-    """Checks outside the issue's 20%, said in words (their wider bands are stated in local.toml)."""
-    why = {
-        "step.score": "16 pairs in one Score call; the model adds the one-pair call cost to 16 bare-forward pair "
-        "times. Untested guess at the gap: vLLM's engine process still polls the two cores right "
-        "after a generation. The phase is 2% of the step.",
-        "step.train": "the trainer rate was measured on one thread while other jobs shared the cores and then "
-        "scaled to both cores; a two-thread measurement on an idle box is the fix.",
-    }
+    """Local checks outside the issue's 20%, named with the wider band they are held to."""
+    local = result["calibration"]["local"]
     out = [
-        f"- **{c['name']}** {c['error']:+.0%} (outside 20%, inside its stated ±{c['band']:.0%}): "
-        f"{why.get(c['name'], '')}"
-        for c in result["calibration"]["local"]
-        if abs(c["error"]) > 0.20
+        f"- **{c['name']}** {c['error']:+.0%}: outside 20%, inside its stated ±{c['band']:.0%}."
+        for c in local
+        if c["comparable"] and abs(c["error"]) > 0.20
     ]
     if out:
-        out = ["Where the local predictions miss the 20% target:", "", *out, ""]
+        out = [
+            "Where the local predictions miss the 20% target (why: the push benchmark's same-host runs vary "
+            "1.18-1.94 s while the step's pushes took 1.22 s; this VM's speed drifts within minutes, and the reward "
+            "inputs and predictions are measured minutes apart: the bare reward forward measured 146, 79, 88 and 103 "
+            "pairs/s in four runs of `make bench-reward` within 75 minutes):",
+            "",
+            *out,
+            "",
+        ]
+    apart = [c for c in local if not c["comparable"]]
+    if apart:
+        out += [
+            "Not judged, because the prediction's inputs and the figure it predicts come from different machines "
+            "(the `machine.platform` records of the files differ; re-measure them on one machine and the check "
+            "binds):",
+            "",
+            *[
+                f"- **{c['name']}** {c['error']:+.0%}: measured on `{c['machines'][0]}`, inputs on "
+                f"{', '.join(sorted({f'`{m}`' for m in c['machines'][1:]}))}"
+                for c in apart
+            ],
+            "",
+        ]
     staleness = result["calibration"].get("local_async")
     if staleness:
         out.append(
             f"Async rollouts here: the model implies staleness {staleness['predicted_staleness']}; "
-            f"`step.json` measured {staleness['measured_staleness_samples']} (samples by versions behind). "
+            f"`{staleness['step_file']}` measured {staleness['measured_staleness_samples']} (samples by versions "
+            "behind). "
             f"Its async step ({staleness['measured_async_step_s_shared_cores']} s) is not predicted: "
             "generation and training share the two cores there, the model assumes separate devices "
             f"({staleness['separate_devices_step_s']} s)."
@@ -154,14 +171,16 @@ def markdown(result: dict, command: str) -> str:
         "Where the inputs come from:",
         "",
         (
-            "- **Measured here** (2 CPU cores, no GPU; committed files in `bench/results/`): decode cost per step "
-            "at batch 1 and 32 (`load.json`, `generation.json`), the reward service's per-call cost and bare forward "
-            "pairs/s (`reward.json`, level 1 and `baseline`), the trainer's update without services "
-            "(`capacity.trainer.json`, `flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_trainer "
-            "--threads 1`: tokens per CPU second on one thread, times the 2 cores, because other jobs shared the "
-            "cores while it ran), gRPC push GB/s (`push.json`). The streamed gRPC push rate of the table "
-            f"({inputs['push']['grpc_gb_s']} GB/s per stream) is this machine's measured bf16 rate too: the gRPC path has "
-            "not been measured on a GPU host."
+            "- **Measured here** (2 CPU cores, no GPU; committed files in `bench/results/`, each measured alone under "
+            "`flock /tmp/heavy.lock`): decode cost per step at batch 1 and 32 (`load.json`, `generation.json`); "
+            "the reward service in pieces (`capacity.reward.json`, `python -m bench.capacity.measure_reward`): the "
+            "similarity model's forward in-process at batch sizes 1-32 (a per-batch and a per-pair cost, least "
+            "squares over those timings), its forward on one score call of the step's shape, and the service's "
+            "per-request latency and CPU timed with a `rules` model that costs nothing to score; the trainer's update "
+            "without services (`capacity.trainer.json`, `python -m bench.capacity.measure_trainer`, torch's "
+            "default threads, wall tokens/s); same-host push GB/s of SmolLM2 fp32 (`push-smollm2.json`, the path the step takes). The streamed gRPC "
+            f"push rate of the table ({inputs['push']['grpc_gb_s']} GB/s per stream) is the bf16 1.8 GB rate of "
+            "`push.json`, measured on another 2-core VM of this kind: the gRPC path has not been measured on a GPU host."
         ),
         (
             "- **Published**: GPU peak FLOP/s, HBM, NVLink, NIC and PCIe bandwidths (vendor datasheets, "
@@ -178,9 +197,16 @@ def markdown(result: dict, command: str) -> str:
         "### Calibration",
         "",
         (
-            "On this machine the model predicts `make bench-step` (sync step of `bench/results/step.json`) and "
-            "`make bench-reward` (`bench/results/reward.json`, 4/16/64 clients) from the component rates above; "
-            "neither file is an input. On GPUs it reproduces published weight-sync times from datasheet bandwidths "
+            "On this machine the model predicts `make bench-step` (sync step of "
+            f"`bench/results/{result['calibration']['local_async']['step_file']}`) and "
+            "`make bench-reward` (`bench/results/reward.json`, batching on, 1/4/16/64 clients) from the component "
+            "costs above; neither file's measurements are inputs (reward.json is read for the batcher settings the "
+            "benchmark ran with). Reward throughput is not the bare forward rate: `bench/capacity/reward_service.py` "
+            "replays the batcher's rule on the benchmark's closed loop of clients (a cohort of replies that comes "
+            "back spread over more than `max_wait_ms` splits into two alternating batches; the token budget caps a "
+            "batch), so it predicts the batch sizes the service formed as well as its pairs/s. The step total, "
+            "generation and training hold the issue's 20%; the other local bands are wider, as stated below and in "
+            "`bench/capacity/inputs/local.toml`. On GPUs it reproduces published weight-sync times from datasheet bandwidths "
             "(the `check` rows; the `fitted` row set the per-tensor cost). `tests/unit/test_capacity.py` fails when "
             "a check leaves its band."
         ),
@@ -191,6 +217,8 @@ def markdown(result: dict, command: str) -> str:
     ]
     for check in result["calibration"]["local"] + result["calibration"]["published"]:
         tag = "fitted" if check["role"] == "fit" else ("yes" if check["ok"] else "**no**")
+        if not check.get("comparable", True):
+            tag = "not judged (machines differ)"
         out.append(
             f"| {check['name']} | {check['predicted']:.3g} | {check['measured']:.3g} | {check['error']:+.0%} | "
             f"±{check['band']:.0%} | {tag} | {check['source']} | {check['inputs']} |"

@@ -1,8 +1,5 @@
 """The reward service under a closed loop of clients, as `make bench-reward` drives it (SimPy).
 
-Not yet wired into calibration.py: its inputs (bench/results/capacity.reward.json, from
-measure_reward.py) have not been measured on a quiet machine yet.
-
 Throughput through the service is not the bare forward rate: it depends on the batches the
 dynamic batcher forms, and those depend on how many clients wait and how their requests
 arrive. This model replays the batcher's rule (services/reward/batcher.py) on the benchmark's

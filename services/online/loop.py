@@ -163,7 +163,9 @@ class OnlineTrainer:
                 max_tokens=s.max_tokens,
                 temperature=s.temperature,
                 top_p=s.top_p,
-                seed=random.getrandbits(48),
+                # No seed: the canary serves users at the same time, and vLLM 0.32's CPU runner fails a seeded
+                # request whose prefill is chunked under load ("CPU Generator does not use offset"), as the
+                # simulator found; a live engine's batching makes these samples irreproducible anyway.
             ),
             request_id=f"online-r{self.round + 1}-s{index}",
             recording=policy_pb2.RECORDING_MODE_OFF,  # training rollouts are not user traffic

@@ -161,8 +161,10 @@ def stack(images: Path) -> Iterator[Stack]:
         log.info("up -d took %.1f s", time.monotonic() - started)
         yield stack
     finally:
-        logs = stack.compose("logs", "--no-color", "--tail=40", check=False).stdout
-        log.info("stack logs (tail):\n%s", logs)
+        logs = stack.compose("logs", "--no-color", check=False).stdout
+        kept = Path(tempfile.mkdtemp(prefix="compose-test-")) / "stack.log"
+        kept.write_text(logs)  # whole: a root cause (an engine's first error) is rarely in the tail
+        log.info("stack logs (tail; all in %s):\n%s", kept, "\n".join(logs.splitlines()[-160:]))
         started = time.monotonic()
         stack.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
         log.info("down -v took %.1f s", time.monotonic() - started)

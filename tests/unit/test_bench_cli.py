@@ -111,3 +111,15 @@ def test_no_bench_module_binds_one_name_by_two_imports(name):
                     f"{path.name}: {local!r} imported from {bound.get(local)} and again from {origin}"
                 )
                 bound[local] = origin
+
+
+def test_the_summary_prints_a_row_for_every_committed_result_with_a_ratio(capsys):
+    """`make bench` ends with `python -m bench.summary`: it must read every committed result, one ratio or several."""
+    from bench import summary
+
+    assert summary.format_ratio({"distinct_2": 0.995, "heldout_gain": 1.0412}) == "distinct_2 0.995, heldout_gain 1.04"
+    assert summary.format_ratio(None) == "None" and summary.format_ratio(0.28449) == "0.284"
+    summary.main([])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert any(row.startswith("| exploration |") for row in rows), rows
+    assert summary.main([]) == 0  # the capacity model's and the online demo's files are skipped, not failures
