@@ -99,16 +99,17 @@ def workload(path: Path) -> list[reward_pb2.ScoreItem]:
     return items
 
 
-def batch_totals(metrics_url: str, model: str) -> tuple[float, float]:
-    """(batches, items) the server has scored for `model` so far."""
+def batch_totals(metrics_url: str, model: str) -> tuple[float, float, float]:
+    """(batches, items, forward seconds) the server has scored for `model` so far."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
-    totals = {"rlhf_reward_batch_size_count": 0.0, "rlhf_reward_batch_size_sum": 0.0}
+    names = ("rlhf_reward_batch_size_count", "rlhf_reward_batch_size_sum", "rlhf_reward_batch_seconds_sum")
+    totals = dict.fromkeys(names, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in totals and sample.labels.get("model") == model:
                 totals[sample.name] = sample.value
-    return totals["rlhf_reward_batch_size_count"], totals["rlhf_reward_batch_size_sum"]
+    return tuple(totals[name] for name in names)
 
 
 async def run_level(
@@ -164,11 +165,13 @@ async def measure(config: BenchConfig, address: str, metrics_url: str) -> list[d
         for clients in levels:
             row: dict = {"concurrency": clients}
             for mode, model in MODES.items():
-                batches_before, items_before = batch_totals(metrics_url, model)
+                before = batch_totals(metrics_url, model)
                 row[mode] = await run_level(stub, model, items, config.requests, clients)
-                batches_after, items_after = batch_totals(metrics_url, model)
-                batches, scored = batches_after - batches_before, items_after - items_before
+                batches, scored, forward_s = (a - b for a, b in zip(batch_totals(metrics_url, model), before))
                 row[mode]["mean_batch_size"] = round(scored / batches, 2) if batches else None
+                # the server's own time scoring batches (rlhf_reward_batch_seconds): what the service adds is the rest
+                row[mode]["forward_s_per_batch"] = round(forward_s / batches, 5) if batches else None
+                row[mode]["forward_share_of_wall"] = round(forward_s / row[mode]["wall_s"], 3)
                 print(
                     f"  clients={clients:<3} batching={mode:<3} {row[mode]['pairs_per_s']:>8.1f} pairs/s  "
                     f"p50={row[mode]['p50_ms']:>8.1f} ms  p99={row[mode]['p99_ms']:>8.1f} ms  "

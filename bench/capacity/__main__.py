@@ -74,6 +74,7 @@ def build(steps: int = 20, seed: int = 0, results: Path = calibration.RESULTS) -
             "published": [c.as_dict() for c in published],
             "local_reward_levels": calibration.reward_levels(results),
             "local_async": calibration.local_async(results),
+            "band_reasons": calibration.band_reasons(),
             "local_summary": calibration.summary(local),
             "published_summary": calibration.summary(published),
             "fitted_per_tensor_s": calibration.fitted_per_tensor_s(data),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,6 +102,21 @@ def _batching(reward: dict) -> dict[str, float]:
     return value
 
 
+def service_costs(costs: dict, settings: dict[str, float]) -> ServiceCosts:
+    """The reward service's costs from one measure_reward result and the batcher settings it runs with."""
+    forward, service = costs["forward"], costs["service"]
+    return ServiceCosts(
+        forward_by_batch=tuple((int(size), seconds) for size, seconds in forward["seconds_by_batch"].items()),
+        # the rules model's latency less the batcher's wait; counting tokens is the similarity model's own
+        request_s=service["latency_1_item_s"] - settings["max_wait_ms"] / 1000 + forward["token_count_s_per_item"],
+        loop_s=service["server_cpu_s_per_request"],
+        cpu_per_request_s=service["cpu_s_per_request"],
+        max_batch=int(settings["max_batch_size"]),
+        max_wait_s=settings["max_wait_ms"] / 1000,
+        max_batch_tokens=int(settings["max_batch_tokens"]),
+    )
+
+
 def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates:
     files = read_toml("local.toml", directory)["inputs"]
     single = _read(files["generation_single_file"], results)["policy"]["levels"][0]
@@ -123,19 +139,9 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
         decode_fixed_s=per_step_one - per_sequence,
         decode_per_sequence_s=per_sequence,
         first_token_s=first,
-        reward=ServiceCosts(
-            per_batch_s=forward["per_batch_s"],
-            per_pair_s=forward["per_pair_s"],
-            # the rules model's latency less the batcher's wait; counting tokens is the similarity model's own
-            request_s=service["latency_1_item_s"] - settings["max_wait_ms"] / 1000 + forward["token_count_s_per_item"],
-            loop_s=service["server_cpu_s_per_request"],
-            cpu_per_request_s=service["cpu_s_per_request"],
-            cores=costs["machine"]["cores"],
-            max_batch=int(settings["max_batch_size"]),
-            max_wait_s=settings["max_wait_ms"] / 1000,
-            max_batch_tokens=int(settings["max_batch_tokens"]),
-        ),
-        reward_step_forward_s=costs["step_batch"]["seconds_median"],
+        reward=service_costs(costs, settings),
+        # the step scores within the second after generating, while the policy's vLLM worker still busy-polls
+        reward_step_forward_s=costs["step_batch"]["beside_spinner_seconds_median"],
         reward_step_service_s=service["latency_step_items_s"]
         + service["step_items"] * forward["token_count_s_per_item"],
         reward_step_items=service["step_items"],
@@ -160,22 +166,34 @@ def local_predictions(rates: LocalRates, directory: Path = INPUTS) -> dict[str, 
 
 
 def reward_levels(results: Path = RESULTS, directory: Path = INPUTS) -> list[dict]:
-    """Every bench-reward level (batching on) as the closed-loop model replays it: pairs/s and batch size."""
-    rates = local_rates(results, directory)
-    files = read_toml("local.toml", directory)["inputs"]
-    lengths = _read(files["reward_costs_file"], results)["forward"]["token_lengths"]
-    reward = _read(_predicted("reward_file", directory), results)
-    requests = reward["workload"]["requests_per_level"]
+    """Every bench-reward level (batching on), predicted round by round from that round's own inputs.
+
+    The rounds file (bench/capacity/interleave.py) holds, per round, measure_reward's result and then
+    bench-reward's, taken back to back so the machine's drift hits both alike; a level's prediction and
+    measurement are the medians over the rounds, and each round's own error is kept beside them.
+    """
+    rounds = _read(_predicted("reward_rounds_file", directory), results)["rounds"]
+    by_clients: dict[int, list[tuple[dict, dict]]] = {}
+    for record in rounds:
+        reward, costs = record["reward"], record["costs"]
+        service = service_costs(costs, _batching(reward))
+        lengths, requests = costs["forward"]["token_lengths"], reward["workload"]["requests_per_level"]
+        for level in reward["results"]:
+            model = closed_loop(service, level["concurrency"], lengths, requests)
+            by_clients.setdefault(level["concurrency"], []).append((model, level["on"]))
     levels = []
-    for level in reward["results"]:
-        model = closed_loop(rates.reward, level["concurrency"], lengths, requests)
+    for clients, pairs in by_clients.items():
+        predicted = [model["pairs_per_s"] for model, _ in pairs]
+        measured = [level["pairs_per_s"] for _, level in pairs]
         levels.append(
             {
-                "clients": level["concurrency"],
-                "predicted_pairs_per_s": round(model["pairs_per_s"], 2),
-                "measured_pairs_per_s": level["on"]["pairs_per_s"],
-                "predicted_mean_batch": round(model["mean_batch_size"], 2),
-                "measured_mean_batch": level["on"]["mean_batch_size"],
+                "clients": clients,
+                "rounds": len(pairs),
+                "predicted_pairs_per_s": round(statistics.median(predicted), 2),
+                "measured_pairs_per_s": round(statistics.median(measured), 2),
+                "round_errors": [round(p / m - 1, 4) for p, m in zip(predicted, measured)],
+                "predicted_mean_batch": round(statistics.median(model["mean_batch_size"] for model, _ in pairs), 2),
+                "measured_mean_batch": round(statistics.median(level["mean_batch_size"] for _, level in pairs), 2),
             }
         )
     return levels
@@ -208,28 +226,29 @@ def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Chec
             f"step.{name}",
             predicted[name],
             measured[name],
-            bands[name],
+            bands[band_of(f"step.{name}")],
             f"{step_file} baseline (make bench-step, sync)",
             used[name],
             machines=tuple(_machine(n, results) for n in [step_file, *phase_files[name]]),
         )
         for name in ("generate", "score", "train", "push", "step")
     ]
-    reward_machines = (
-        _machine(_predicted("reward_file", directory), results),
-        _machine(files["reward_costs_file"], results),
-    )
+    rounds_file = _predicted("reward_rounds_file", directory)
+    rounds = _read(rounds_file, results)["rounds"]
+    reward_machines = tuple(
+        record[part]["machine"]["platform"] for record in rounds for part in ("reward", "costs")
+    ) + (_machine(rounds_file, results),)
     for level in reward_levels(results, directory):
         checks.append(
             Check(
                 f"reward.pairs_per_s@{level['clients']}",
                 level["predicted_pairs_per_s"],
                 level["measured_pairs_per_s"],
-                bands["reward_throughput"],
-                f"{_predicted('reward_file', directory)} (make bench-reward, batching on)",
-                "capacity.reward.json (forward per batch + per pair, per-request latency and CPU) "
-                f"through the batcher's rule; batch {level['predicted_mean_batch']} "
-                f"(measured {level['measured_mean_batch']})",
+                bands[band_of(f"reward.pairs_per_s@{level['clients']}")],
+                f"{rounds_file}: bench-reward (batching on), median of {level['rounds']} rounds",
+                "each round's measure_reward (forward per batch size, per-request latency and CPU) through the "
+                f"batcher's rule; batch {level['predicted_mean_batch']} (measured {level['measured_mean_batch']}); "
+                f"round errors {', '.join(f'{e:+.0%}' for e in level['round_errors'])}",
                 machines=reward_machines,
             )
         )
@@ -266,6 +285,16 @@ def fitted_per_tensor_s(inputs: Inputs, directory: Path = INPUTS) -> float:
     gpu = inputs.gpus["H100"]
     link = (gpu.nic_gb_s if figure["cross_node"] else gpu.nvlink_gb_s) * inputs.efficiency.link
     return (figure["published_s"] - model.weight_bytes(2) / 1e9 / link) / model.tensors
+
+
+def band_of(check: str) -> str:
+    """The local.toml [bands] key a local check is held to: step.<phase> -> <phase>, reward.* -> reward_throughput."""
+    return "reward_throughput" if check.startswith("reward.") else check.split(".", 1)[1]
+
+
+def band_reasons(directory: Path = INPUTS) -> dict[str, str]:
+    """Why a band is wider than the issue's 20% (local.toml [band_reasons]), by band."""
+    return read_toml("local.toml", directory).get("band_reasons", {})
 
 
 def summary(checks: list[Check]) -> dict:

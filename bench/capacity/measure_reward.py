@@ -11,7 +11,9 @@ Neither predicted benchmark is run or read here. Three parts, each a component:
    per-batch overhead and the per-pair cost.
 2. step batch: the same model on one score call of the step's shape (the trainer's prompts file, 4
    prompts x 4 samples, completions cut to the step's `max_tokens` policy tokens, each prompt's
-   reference). Every round brings texts not seen before, as every step does.
+   reference). Every round brings texts not seen before, as every step does. Timed alone and beside
+   a process that spins as vLLM's worker does for a second after each generation (the step scores
+   in that second).
 3. service: the real reward server with bench-step's settings, hosting a `rules` model (its scoring
    costs microseconds, so what is timed is the service itself): one client's latency for a request of
    1 and of 16 items (gRPC, validation, the batcher's wait, replies), and, with 16 clients, CPU seconds
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -127,21 +130,58 @@ def measure_forward(repeats: int) -> dict:
     }
 
 
-def measure_step_batch(model, max_tokens: int, rounds: int) -> dict:
-    batches = step_batches(max_tokens, rounds + 1)
-    model.score(batches[0])  # warm-up, left out
+def _yield_spinner(seconds: float) -> None:
+    """What a vLLM worker does for `busy_loop_s` (1 s) after its last step (shm_broadcast.SpinCondition.wait):
+    poll, yield the CPU, poll again."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        os.sched_yield()
+
+
+def _timed_scores(model, batches: list[list[RewardItem]]) -> list[float]:
     seconds = []
-    for batch in batches[1:]:
+    for batch in batches:
         started = time.perf_counter()
         model.score(batch)
         seconds.append(time.perf_counter() - started)
-    log.info("step batch (%d items): %.1f ms median", len(batches[1]), statistics.median(seconds) * 1000)
+    return seconds
+
+
+def measure_step_batch(model, max_tokens: int, rounds: int) -> dict:
+    """The step-shaped call alone, and beside a process that spins as vLLM's idle workers do.
+
+    The step scores right after generating, and the policy's worker keeps busy-polling its
+    shared-memory queue for a second after its last step, so the step's Score call shares the
+    cores with that spinner: the second timing is the one the step sees.
+    """
+    batches = step_batches(max_tokens, 2 * rounds + 1)
+    model.score(batches[0])  # warm-up, left out
+    seconds = _timed_scores(model, batches[1 : rounds + 1])
+    context = multiprocessing.get_context("spawn")
+    spinner = context.Process(target=_yield_spinner, args=(600.0,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.5)  # the spinner is running
+        beside = _timed_scores(model, batches[rounds + 1 :])
+    finally:
+        spinner.terminate()
+        spinner.join(10)
+    log.info(
+        "step batch (%d items): %.1f ms median alone, %.1f ms beside an idle vLLM worker's spinner",
+        len(batches[1]),
+        statistics.median(seconds) * 1000,
+        statistics.median(beside) * 1000,
+    )
     return {
         "what": f"one score call of the step's shape: {STEP_PROMPTS} prompts x {STEP_SAMPLES} samples, completions "
         f"cut to {max_tokens} SmolLM2 tokens, new texts each round, in-process",
         "items": len(batches[1]),
         "seconds": [round(s, 4) for s in seconds],
         "seconds_median": round(statistics.median(seconds), 5),
+        "beside_spinner_what": "the same calls while another process polls and sched_yield()s, as a vLLM worker does "
+        "for 1 s after its last step (vllm/distributed/device_communicators/shm_broadcast.py, busy_loop_s)",
+        "beside_spinner_seconds": [round(s, 4) for s in beside],
+        "beside_spinner_seconds_median": round(statistics.median(beside), 5),
     }
 
 

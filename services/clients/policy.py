@@ -36,7 +36,7 @@ from services.clients import metrics
 from services.clients.replica_pool import ReplicaPool, ReplicasUnavailable, split_addresses, with_retries
 from services.clients.timing import RequestResult, failure
 from services.common.client import open_channel
-from services.common.shared_segment import host_id, segment_requests, write_segment
+from services.common.shared_segment import STREAM_INSTEAD, SegmentWriter, host_id, segment_requests
 from services.common.weight_stream import push_requests
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class PolicyReplica:
         self.highest = 0  # highest version it is known to have applied
         self.host_id: str | None = None  # GetStatusResponse.host_id once known: same host -> shared-memory pushes
         self.shared_memory = shared_memory  # push through /dev/shm when the server shares this host
+        self.segment = SegmentWriter()  # this replica's segment, rewritten by each same-host push (pages stay touched)
 
     def status(self, retries: int | None = None, timeout_s: float = 30.0) -> policy_pb2.GetStatusResponse:
         reply = with_retries(
@@ -151,7 +152,7 @@ class PolicyReplica:
     ) -> policy_pb2.PushWeightsResponse | None:
         """A same-host push through a shared-memory segment; None when the server refused the segment untouched."""
         try:
-            segment = write_segment(items)
+            segment = self.segment.write(items)
         except OSError as exc:  # no room or no access in /dev/shm: the stream still works
             log.warning("%s: cannot write a shared-memory segment (%s); streaming the tensors instead", self.name, exc)
             self.shared_memory = False
@@ -161,14 +162,13 @@ class PolicyReplica:
                 segment_requests(segment, items, expected_version, note, version, push_id), timeout=self.timeout_s
             )
         except grpc.RpcError as exc:
-            # Refused before being taken (another host, permissions): the segment is still ours; stream instead.
-            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not segment.path.exists():
+            # Refused as a same-host push (another host, permissions, off): stream instead from now on.
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or STREAM_INSTEAD not in exc.details():
                 raise
             log.warning("%s: same-host push refused (%s); streaming the tensors instead", self.name, exc.details())
             self.shared_memory = False
+            self.segment.close()
             return None
-        finally:
-            segment.path.unlink(missing_ok=True)
 
     def made(self, info: policy_pb2.WeightVersionInfo) -> bool:
         """Whether a version's recorded push came from this writer."""
@@ -200,6 +200,7 @@ class PolicyReplica:
         return reply
 
     def close(self) -> None:
+        self.segment.close()
         self.channel.close()
 
 

@@ -1,24 +1,26 @@
 """Named prompt templates: a system prompt plus a format around the row's prompt, the same in every program.
 
-The trainer, the evaluator and the load tester all turn a prompt row into the text
-they send with `Templates.render`, so a template tuned in training is exactly what
-evaluation and load tests send. Templates live in a TOML file:
+The trainer, the evaluator and the load tester all turn a prompt row into the
+`rlhf.v1.Prompt` they send with `Templates.prompt`, so a template tuned in training is
+exactly what evaluation and load tests send. Templates live in a TOML file:
 
     [templates.critic]
     system = "You are a terse literary critic."
     format = "Review this book in two sentences: {prompt}"
 
 `format` must contain `{prompt}` and may contain `{system}` (literal braces: `{{ }}`).
-The policy API has no system turn yet (policy.proto's Prompt is one user message), so a
-system prompt the format does not place itself goes before the formatted prompt,
-separated by a blank line, inside the user turn.
+With the model's chat template (apply_chat_template, the programs' default) the system
+prompt travels as the Prompt's own `system` turn, which the policy renders before the
+user turn; a format that places `{system}` itself keeps it in the user text and sends
+no separate system turn. A raw text completion has no turns, so there the system
+prompt goes before the formatted prompt, separated by a blank line.
 
 Which template a row gets: the row's own `template`, else its task's, else the
 configured default, else none (the prompt unchanged, reported as "none").
 
-The template's name is recorded with every sample through the request id (the one
-per-request field the experience store keeps): `<id>-tpl_<name>`; `template_of` reads
-it back, so feedback on live traffic can be grouped by template.
+The template's name travels as `Prompt.template`; the policy records it with every
+sample, so feedback on live traffic can be grouped by template (ListPrompts,
+ListRatings and ListPreferences return it).
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf.v1 import policy_pb2
 from services.common.config import option
 
 NONE = "none"
-NAME = re.compile(r"^[A-Za-z0-9_]{1,24}$")  # fits a request id (letters, digits, '-', '_'; <= 64 in all)
-MARKER = "-tpl_"
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a template's name (fullmatch): also what Prompt.template accepts
 _FIELDS = {"prompt", "system"}
+
+
+def _format_fields(fmt: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(fmt) if field is not None}
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,10 @@ class PromptTemplate:
     format: str = "{prompt}"
 
     def __post_init__(self) -> None:
-        if not NAME.match(self.name):
-            raise ValueError(f"template name {self.name!r}: 1-24 letters, digits or '_'")
+        if not NAME.fullmatch(self.name):
+            raise ValueError(f"template name {self.name!r}: 1-64 letters, digits, '-' or '_'")
         try:
-            fields = {field for _, field, _, _ in string.Formatter().parse(self.format) if field is not None}
+            fields = _format_fields(self.format)
         except ValueError as exc:
             raise ValueError(f"template {self.name!r}: format is not a valid format string ({exc})") from exc
         if "prompt" not in fields or not fields <= _FIELDS:
@@ -56,11 +62,19 @@ class PromptTemplate:
                 f"got {sorted(fields)}"
             )
 
-    def render(self, prompt: str) -> str:
+    def render(self, prompt: str, chat: bool = True) -> tuple[str, str]:
+        """(user text, system turn) for `prompt`.
+
+        With a chat template (`chat`) the system prompt is its own turn unless the format
+        places `{system}` itself. Without one (raw text completion) there are no turns, so
+        a system prompt the format does not place goes before the text, after a blank line.
+        """
         text = self.format.format(prompt=prompt, system=self.system)
-        if self.system and "{system}" not in self.format:
-            return f"{self.system}\n\n{text}"
-        return text
+        if not self.system or "system" in _format_fields(self.format):
+            return text, ""
+        if chat:
+            return text, self.system
+        return f"{self.system}\n\n{text}", ""
 
 
 IDENTITY = PromptTemplate(NONE)
@@ -152,18 +166,16 @@ class Templates:
             raise ValueError(f"unknown template {name!r} (defined: {sorted(self.templates) or 'none'})")
         return self.templates[name]
 
-    def render(self, row) -> tuple[str, str]:
-        """(the text to send, the template's name)."""
+    def prompt(self, row, apply_chat_template: bool) -> policy_pb2.Prompt:
+        """The Prompt to send for `row`: user text, system turn (chat only) and the template's name.
+
+        A row without a template sends its prompt unchanged and no template name.
+        """
         template = self.resolve(row)
-        return template.render(row.prompt), template.name
-
-
-def tagged_request_id(base: str, template: str) -> str:
-    """`base` with the template's name appended, as the experience store records it."""
-    return f"{base}{MARKER}{template}"
-
-
-def template_of(request_id: str) -> str | None:
-    """The template name a request id carries, or None."""
-    _, marker, name = request_id.rpartition(MARKER)
-    return name if marker and NAME.match(name) else None
+        text, system = template.render(row.prompt, chat=apply_chat_template)
+        return policy_pb2.Prompt(
+            text=text,
+            system=system,
+            apply_chat_template=apply_chat_template,
+            template="" if template is IDENTITY else template.name,
+        )

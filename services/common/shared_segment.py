@@ -1,31 +1,40 @@
-"""The same-host push, both halves: the trainer writes the tensors once into shared memory, the policy takes them.
+"""The same-host push, both halves: the trainer writes the tensors once into shared memory, the policy stages them.
 
 When the trainer and the policy share a host, streaming the bytes through gRPC
 only copies them between two processes that could read the same pages. So the
-sender writes a safetensors file in /dev/shm (mode 0600, created exclusively),
-and the push stream carries only `begin` (with `segment`: the path and the
-sender's host id) and `commit` (the checksum, defined exactly as for a streamed
-push). The receiver refuses with FAILED_PRECONDITION, before touching the file,
-when the host id differs or the file is not a private regular file of its own
-user; the sender then streams the tensors instead. Otherwise the receiver moves
-the file into its staging directory (from then on the sender's name no longer
-reaches it, and a sender that reuses the name writes a new file), checks its
-tensors against the served model like a streamed push and verifies the checksum
-over the bytes it will load: a segment changed after its checksum was taken is
-DATA_LOSS and nothing is applied. A process of the same user that still holds
-the file open could change it later, but such a process can also write the
-policy's memory: the check is for integrity, as the stream's is.
+sender writes a safetensors file in /dev/shm (mode 0600, its own), and the push
+stream carries only `begin` (with `segment`: the path and the sender's host id)
+and `commit` (the checksum, defined exactly as for a streamed push). The receiver
+refuses with FAILED_PRECONDITION, before reading the file, when the host id
+differs or the file is not a private regular file of its own user; the sender
+then streams the tensors instead. Otherwise the receiver stages the file, checks
+its tensors against the served model like a streamed push and verifies the
+checksum over the staged bytes, the ones it will load: a segment changed after
+its checksum was taken is DATA_LOSS and nothing is applied.
+
+Pages tmpfs already holds are several times cheaper to write than fresh ones
+(first-touch faults: 538 MB take about 0.4 s fresh here), so both sides reuse
+theirs: the sender rewrites one segment (`SegmentWriter`), and a receiver with a
+spare staging file (a push no retained version needs) copies the segment over it
+in the kernel, leaving the segment to the sender. A receiver without a spare
+moves the segment file itself into staging (no copy at all); the sender then
+writes a new one. The sender must not rewrite its segment while a push of it is
+in flight (PolicyReplica pushes one at a time). A process of the same user can
+change either file at any time, but such a process can also write the policy's
+memory: the check is for integrity, as the stream's is.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import mmap
 import os
 import stat
 import struct
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +63,9 @@ from services.common.weight_stream import (
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
+# Every refusal of the same-host path as such (another host, an unsafe file, the path turned off) is
+# FAILED_PRECONDITION ending with this: the sender then streams the same push instead.
+STREAM_INSTEAD = "nothing was applied: stream the tensors instead"
 MAX_HEADER_BYTES = 64 << 20  # a safetensors header larger than this is not a checkpoint's
 _BY_SAFETENSORS = {d.safetensors: d for d in PUSH_DTYPES}
 
@@ -82,38 +94,127 @@ class Segment:
     checksum: str
 
 
-def write_segment(
-    tensors: Iterable[tuple[str, torch.Tensor]], directory: Path = SHM_DIR, checksum: str = DEFAULT_CHECKSUM
-) -> Segment:
-    """Writes `tensors` once into a new private safetensors file in shared memory, hashing them on the way."""
-    items = list(tensors)
-    algorithm = checksum_named(checksum)
-    entries, offset = {}, 0
-    for name, tensor in items:
-        nbytes = tensor.numel() * tensor.element_size()
-        entries[name] = {
-            "dtype": push_dtype(tensor.dtype).safetensors,
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-(8 + len(header)) % 64)  # data aligned for the loader
-    path = directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
-    digest = algorithm.new()
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb", buffering=0) as handle:
-            handle.write(struct.pack("<Q", len(header)) + header)
+class SegmentWriter:
+    """The sender's segment, one private file in shared memory rewritten in place by every push.
+
+    The writer holds an flock on its segment for as long as it keeps it: a segment whose lock
+    nobody holds belongs to a sender that died (SIGKILL, OOM) and would hold a whole model in
+    tmpfs, that is in RAM, so a writer creating its segment removes those first.
+    """
+
+    def __init__(self, directory: Path = SHM_DIR, checksum: str = DEFAULT_CHECKSUM) -> None:
+        self.directory, self.checksum = directory, checksum
+        self.path: Path | None = None
+        self._held: int | None = None  # descriptor holding the segment's lock
+
+    def write(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Segment:
+        """Writes `tensors` into the segment (created on first use), hashing them on the way."""
+        items = list(tensors)
+        algorithm = checksum_named(self.checksum)
+        entries, offset = {}, 0
+        for name, tensor in items:
+            nbytes = tensor.numel() * tensor.element_size()
+            entries[name] = {
+                "dtype": push_dtype(tensor.dtype).safetensors,
+                "shape": list(tensor.shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        header = json.dumps(entries, separators=(",", ":")).encode()
+        header += b" " * (-(8 + len(header)) % 64)  # data aligned for the loader
+        size = 8 + len(header) + offset
+        digest = algorithm.new()
+        fd = self._open()
+        try:
+            position = os.pwrite(fd, struct.pack("<Q", len(header)) + header, 0)
             for name, tensor in items:
                 raw = _raw_bytes(tensor)
                 _digest_header(digest, name, push_dtype(tensor.dtype), tuple(tensor.shape))
                 digest.update(raw)
-                handle.write(raw)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return Segment(path, digest.digest(), algorithm.name)
+                position += _pwrite_all(fd, raw, position)
+            os.ftruncate(fd, size)  # a smaller push than the last leaves no stale tail
+        except BaseException:
+            self.close()
+            raise
+        return Segment(self.path, digest.digest(), algorithm.name)
+
+    def _open(self) -> int:
+        """The held segment's descriptor, or a new segment's when the last one was taken or tampered with."""
+        if self._held is not None:
+            try:
+                info, now = os.fstat(self._held), os.stat(self.path, follow_symlinks=False)
+                unchanged = (info.st_dev, info.st_ino) == (now.st_dev, now.st_ino)
+                if unchanged and stat.S_ISREG(now.st_mode) and now.st_uid == os.geteuid() and not now.st_mode & 0o077:
+                    return self._held
+                log.warning("shared-memory segment %s changed owner, mode or file; writing a new one", self.path)
+                if unchanged:
+                    self.path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass  # a receiver without a spare took it: normal
+            self._release()
+        else:
+            remove_abandoned_segments(self.directory)
+        self.path = self.directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._held = fd
+        return fd
+
+    def _release(self) -> None:
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+
+    def close(self) -> None:
+        """Removes the segment (the next write makes a new one)."""
+        if self.path is not None and self._held is not None:
+            try:
+                now, info = os.stat(self.path, follow_symlinks=False), os.fstat(self._held)
+                if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+        self._release()
+        self.path = None
+
+
+def remove_abandoned_segments(directory: Path = SHM_DIR) -> list[Path]:
+    """Removes this user's segments in `directory` whose lock nobody holds (their writer died)."""
+    removed = []
+    for candidate in directory.glob("rlhf-push-*.safetensors"):
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid() or time.time() - info.st_mtime < 10:
+                continue  # another user's, or just created: its writer may not hold the lock yet
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d shared-memory segment(s) of senders that died: %s", len(removed), removed)
+    return removed
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:
+    view, written = memoryview(data).cast("B"), 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)
+    return written
+
+
+def write_segment(
+    tensors: Iterable[tuple[str, torch.Tensor]], directory: Path = SHM_DIR, checksum: str = DEFAULT_CHECKSUM
+) -> Segment:
+    """Writes `tensors` into a new private safetensors file in shared memory (a one-push SegmentWriter)."""
+    return SegmentWriter(directory, checksum).write(tensors)
 
 
 def segment_requests(
@@ -139,13 +240,19 @@ def take_segment(
     manifest: Mapping[str, TensorSpec],
     staging: Path,
     fused_groups: tuple[tuple[str, ...], ...] | None = None,
+    reuse: Path | None = None,
 ) -> StagedPush:
-    """Receiver half: refuses a foreign or unsafe segment untouched, else takes it into `staging` and verifies it."""
+    """Receiver half: refuses a foreign or unsafe segment unread, else stages it and verifies what it staged.
+
+    With `reuse` (a staged file no version needs: its pages are already in tmpfs) the segment is copied over
+    it and stays the sender's to rewrite; without, the segment file itself is moved into `staging` (no
+    copy; the sender writes a new one next time), or copied when it lies on another file system.
+    """
     local = host_id()
     if not local or segment.host_id != local:
         raise FailedPrecondition(
             f"shared-memory push from another host (sender host id {segment.host_id!r}, this server's "
-            f"{local!r}); nothing was applied: stream the tensors instead"
+            f"{local!r}); {STREAM_INSTEAD}"
         )
     source = Path(segment.path)
     if not source.is_absolute():
@@ -154,46 +261,80 @@ def take_segment(
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         reason = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened here ({exc.strerror})"
-        raise FailedPrecondition(
-            f"shared-memory segment {source} {reason}; nothing was applied: stream the tensors instead"
-        ) from None
+        raise FailedPrecondition(f"shared-memory segment {source} {reason}; {STREAM_INSTEAD}") from None
+    staged = staging / f"push-{uuid.uuid4().hex}.safetensors"
     try:
         info = os.fstat(fd)
         _check_private(source, info)
-        staged = staging / f"push-{uuid.uuid4().hex}.safetensors"
-        try:
-            os.rename(source, staged)
-        except OSError as exc:
-            raise FailedPrecondition(
-                f"shared-memory segment {source} cannot be moved into the staging directory {staging} "
-                f"({exc.strerror}); nothing was applied: stream the tensors instead"
-            ) from None
-        try:
-            moved = os.stat(staged, follow_symlinks=False)
-            if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
-                raise DataLoss(f"shared-memory segment {source} was replaced while being taken; nothing was applied")
+        if reuse is None and _moved(source, staged, info):
             names, total, digest = _verify(fd, info.st_size, header, manifest, fused_groups)
-            if digest != committed:
-                raise DataLoss(
-                    "push checksum mismatch: the shared-memory segment changed after its checksum was taken; "
-                    "nothing was applied"
-                )
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        else:
+            if reuse is not None:
+                os.rename(reuse, staged)
+            with open(staged, "r+b" if reuse is not None else "w+b") as copy:
+                _copy(fd, info.st_size, copy.fileno())
+                copy.truncate(info.st_size)
+                names, total, digest = _verify(copy.fileno(), info.st_size, header, manifest, fused_groups)
+        if digest != committed:
+            raise DataLoss(
+                "push checksum mismatch: the shared-memory segment changed after its checksum was taken; "
+                "nothing was applied"
+            )
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
     return StagedPush(names, total, header, digest, {}, staged)
 
 
+def _moved(source: Path, staged: Path, info: os.stat_result) -> bool:
+    """Takes the sender's file itself into staging (no copy); False when it lies on another file system."""
+    try:
+        os.rename(source, staged)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            return False
+        raise FailedPrecondition(
+            f"shared-memory segment {source} cannot be moved into the staging directory ({exc.strerror}); "
+            + STREAM_INSTEAD
+        ) from None
+    moved = os.stat(staged, follow_symlinks=False)
+    if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
+        raise DataLoss(f"shared-memory segment {source} was replaced while being taken; nothing was applied")
+    return True
+
+
+def _copy(source: int, size: int, target: int, chunk: int = 64 << 20) -> None:
+    """Copies `size` bytes between two files in the kernel (no trip through this process's memory):
+    copy_file_range, or sendfile where the two lie on different file systems."""
+    copied, in_kernel = 0, True
+    while copied < size:
+        count = min(chunk, size - copied)
+        if in_kernel:
+            try:
+                moved = os.copy_file_range(source, target, count, copied, copied)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                in_kernel = False
+                continue
+        else:
+            os.lseek(target, copied, os.SEEK_SET)
+            moved = os.sendfile(target, source, copied, count)
+        if moved == 0:
+            raise DataLoss(f"shared-memory segment ended after {copied} of {size} bytes; nothing was applied")
+        copied += moved
+
+
 def _check_private(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise FailedPrecondition(f"shared-memory segment {path} is not a regular file; nothing was applied")
+        raise FailedPrecondition(f"shared-memory segment {path} is not a regular file; {STREAM_INSTEAD}")
     if info.st_uid != os.geteuid() or info.st_mode & 0o077:
         raise FailedPrecondition(
             f"shared-memory segment {path} has owner uid {info.st_uid} and mode {stat.S_IMODE(info.st_mode):o}; "
             f"it must belong to this server's user (uid {os.geteuid()}) with mode 600 (readable by it only); "
-            "nothing was applied: stream the tensors instead"
+            + STREAM_INSTEAD
         )
 
 

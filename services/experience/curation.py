@@ -184,9 +184,10 @@ class Curator:
         decisions = denoise_ratings(self._ratings(context), reliability, self.settings, report)
         return Page([Rated(samples[d.item], d) for d in decisions], upto, has_more, report)
 
-    def prompts(self, since: int, limit: int, tenant: str = "") -> Page:
-        """Distinct prompts of the samples recorded after `since`, in order of their latest occurrence."""
-        page, has_more = self.store.sample_page(since, limit, tenant)
+    def prompts(self, since: int, limit: int, tenant: str = "", template: str = "") -> Page:
+        """Distinct prompts of the samples recorded after `since` (of `tenant` / `template` when given),
+        in order of their latest occurrence."""
+        page, has_more = self.store.sample_page(since, limit, tenant, template)
         summaries: dict[str, PromptSummary] = {}
         for sample in page:
             previous = summaries.pop(sample.prompt_key, None)

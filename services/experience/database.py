@@ -19,6 +19,8 @@ migrate it exactly once.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -64,9 +66,22 @@ def create_engine(url: str) -> Engine:
 def _sqlite_on_connect(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # the driver stops opening transactions; _sqlite_on_begin does
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
+
+
+def _switch_to_wal(cursor, attempts: int = 50, pause_s: float = 0.1) -> None:
+    """Sets WAL mode, retrying while another process holds the lock: SQLite answers "database is locked" to
+    a journal-mode change at once, without its busy timeout, when several processes open a new store together."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(pause_s)
 
 
 def _sqlite_on_begin(connection: sa.Connection) -> None:

@@ -55,6 +55,7 @@ class SampleRecord:
     finish_reason: str
     weight_version: int
     created_at: float
+    template: str = ""  # the prompt template the caller named (rlhf.v1.Prompt.template); "" for none
 
     @property
     def prompt_key(self) -> str:
@@ -79,6 +80,7 @@ class StoredSample:
     finish_reason: str
     weight_version: int
     created_at: float
+    template: str = ""
 
 
 @dataclass(frozen=True)

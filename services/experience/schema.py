@@ -34,6 +34,8 @@ samples = sa.Table(
     sa.Column("finish_reason", sa.String(16), nullable=False),
     sa.Column("weight_version", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False, index=True),
+    # The prompt template the caller named (rlhf.v1.Prompt.template); "" for none and for rows from before 0002.
+    sa.Column("template", sa.String(64), nullable=False, server_default=""),
     sqlite_autoincrement=True,
 )
 

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rlhf.v1 import feedback_pb2, feedback_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.prompt_templates import NAME as TEMPLATE_NAME
 from services.common.server import Registration
 from services.common.tenancy import tenant_of
 from services.experience.config import ExperienceConfig
@@ -170,6 +171,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                     rejected_text=p.rejected.text,
                     chosen_sample_id=p.chosen.sample_id,
                     rejected_sample_id=p.rejected.sample_id,
+                    template=p.prompt.template,
                     weight=p.decision.weight,
                     agreement=p.decision.agreement,
                     votes=p.decision.votes,
@@ -194,6 +196,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                     weight=r.decision.weight,
                     ratings=r.decision.ratings,
                     weight_version=r.sample.weight_version,
+                    template=r.sample.template,
                 )
                 for r in page.items
             ],
@@ -203,7 +206,11 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         )
 
     async def ListPrompts(self, request, context):
-        page = await self._call(self.curator.prompts, request.since_cursor, _limit(request.limit), request.tenant)
+        if request.template and not TEMPLATE_NAME.fullmatch(request.template):
+            raise InvalidArgument(f"template {request.template[:80]!r}: at most 64 letters, digits, '-' or '_'")
+        page = await self._call(
+            self.curator.prompts, request.since_cursor, _limit(request.limit), request.tenant, request.template
+        )
         return feedback_pb2.ListPromptsResponse(
             prompts=[
                 feedback_pb2.LivePrompt(
@@ -214,6 +221,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                     samples=s.samples,
                     last_seen_unix=s.sample.created_at,
                     latest_weight_version=s.latest_weight_version,
+                    template=s.sample.template,
                 )
                 for s in page.items
             ],

@@ -112,6 +112,7 @@ class ExperienceStore:
                 "finish_reason": r.finish_reason,
                 "weight_version": int(r.weight_version),
                 "created_at": r.created_at,
+                "template": r.template,
             }
             for r in records
         ]
@@ -130,11 +131,16 @@ class ExperienceStore:
                     found[row.sample_id] = _sample(row)
         return found
 
-    def sample_page(self, since: int, limit: int, tenant: str = "") -> tuple[list[StoredSample], bool]:
-        """Samples with seq > since, oldest first, at most `limit`; and whether more follow."""
+    def sample_page(
+        self, since: int, limit: int, tenant: str = "", template: str = ""
+    ) -> tuple[list[StoredSample], bool]:
+        """Samples with seq > since (of `tenant`, of `template` when given), oldest first, at most `limit`;
+        and whether more follow."""
         query = sa.select(samples).where(samples.c.seq > since)
         if tenant:
             query = query.where(samples.c.tenant == tenant)
+        if template:
+            query = query.where(samples.c.template == template)
         return self._page(query.order_by(samples.c.seq), limit, _sample)
 
     # ---- feedback ---------------------------------------------------------
@@ -310,6 +316,7 @@ def _sample(row) -> StoredSample:
         finish_reason=row.finish_reason,
         weight_version=int(row.weight_version),
         created_at=float(row.created_at),
+        template=row.template,
     )
 
 

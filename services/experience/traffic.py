@@ -114,6 +114,7 @@ class TrafficRecorder:
                         finish_reason=_FINISH.get(sample.finish_reason, "unknown"),
                         weight_version=sample.weight_version,
                         created_at=now,
+                        template=prompt.template,
                     )
                 )
 
@@ -170,5 +171,6 @@ class StreamTap:
                 finish_reason=_FINISH.get(message.finish_reason, "unknown"),
                 weight_version=message.weight_version,
                 created_at=time.time(),
+                template=prompt.template,
             )
         )

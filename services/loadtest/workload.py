@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf.v1 import policy_pb2, reward_pb2
-from services.common.prompt_templates import Templates, tagged_request_id
+from services.common.prompt_templates import Templates
 from services.common.prompts import PromptRow, load_prompts
 
 SYNTHETIC = "synthetic"
@@ -80,26 +80,23 @@ class PolicyWorkload:
         self.range_ratio, self.temperature, self.chat_template = range_ratio, temperature, chat_template
         self.count = 0
 
-    def _prompt(self) -> tuple[policy_pb2.Prompt, str | None]:
-        """The prompt and its template's name (None for synthetic token ids: no template applies)."""
+    def _prompt(self) -> policy_pb2.Prompt:
+        """A dataset row through its template (system turn and template name included), or synthetic token ids."""
         if self.rows is not None:
-            text, template = self.templates.render(self.rows.next())
-            return policy_pb2.Prompt(text=text, apply_chat_template=self.chat_template), template
+            return self.templates.prompt(self.rows.next(), self.chat_template)
         length = draw_length(self.input_len, self.range_ratio, self.rng)
-        return policy_pb2.Prompt(token_ids=self.rng.integers(0, self.vocab_size, size=length).tolist()), None
+        return policy_pb2.Prompt(token_ids=self.rng.integers(0, self.vocab_size, size=length).tolist())
 
     def next_request(self) -> policy_pb2.GenerateRequest:
         self.count += 1
-        prompt, template = self._prompt()
-        request_id = f"loadtest-{self.count}"
         return policy_pb2.GenerateRequest(
-            prompts=[prompt],
+            prompts=[self._prompt()],
             sampling=policy_pb2.SamplingParams(
                 n=1,
                 max_tokens=draw_length(self.output_len, self.range_ratio, self.rng),
                 temperature=self.temperature,
             ),
-            request_id=tagged_request_id(request_id, template) if template else request_id,
+            request_id=f"loadtest-{self.count}",
         )
 
 

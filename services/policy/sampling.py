@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from rlhf.v1 import policy_pb2
 from services.common.errors import InvalidArgument, require
+from services.common.prompt_templates import NAME as TEMPLATE_NAME
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 MAX_STOP_STRINGS = 8
@@ -69,6 +70,22 @@ def check_request_id(request_id: str) -> None:
 def check_prompt_count(count: int, limits: Limits) -> None:
     require(count > 0, "request has no prompts")
     require(count <= limits.max_prompts, f"{count} prompts exceed the limit of {limits.max_prompts} per request")
+
+
+def check_prompt_fields(index: int, prompt: policy_pb2.Prompt) -> None:
+    """The Prompt's fields fit together: text or token_ids, a system turn only where a chat template renders it."""
+    has_text, has_ids = bool(prompt.text), len(prompt.token_ids) > 0
+    if has_text == has_ids:
+        raise InvalidArgument(f"prompts[{index}]: give exactly one of text or token_ids")
+    if prompt.system and not (has_text and prompt.apply_chat_template):
+        raise InvalidArgument(
+            f"prompts[{index}]: system needs text with apply_chat_template (only a chat template renders a "
+            "system turn); for a raw completion or token_ids put the system prompt into the prompt itself"
+        )
+    if prompt.template and not TEMPLATE_NAME.fullmatch(prompt.template):
+        raise InvalidArgument(
+            f"prompts[{index}]: template {prompt.template[:80]!r}: at most 64 letters, digits, '-' or '_'"
+        )
 
 
 def check_token_ids(index: int, token_ids: list[int], spec: SamplingSpec, limits: Limits) -> None:

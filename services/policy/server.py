@@ -22,6 +22,7 @@ from services.common.weight_stream import checksum_named
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
 from services.policy.nccl_push import check_init
+from services.policy.prompt_tokens import PromptEncoder
 from services.policy.recording import SampleIds, Traffic
 from services.policy.sampling import (
     Limits,
@@ -56,6 +57,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.prompt_encoder = PromptEncoder(tokenizer)  # text, token ids or [system, user] chat -> token ids
         self.limits = limits
         self.weights = weights  # the served weights' lifecycle: state, version gate, pushes, rollback, history
         self.model_name = model_name
@@ -72,19 +74,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         check_prompt_count(len(request.prompts), self.limits)
         prompts = []
         for index, prompt in enumerate(request.prompts):
-            has_text, has_ids = bool(prompt.text), len(prompt.token_ids) > 0
-            if has_text == has_ids:
-                raise InvalidArgument(f"prompts[{index}]: give exactly one of text or token_ids")
-            if has_ids:
-                ids = list(prompt.token_ids)
-            elif prompt.apply_chat_template:
-                ids = _as_list(
-                    self.tokenizer.apply_chat_template(
-                        [{"role": "user", "content": prompt.text}], add_generation_prompt=True, tokenize=True
-                    )
-                )
-            else:
-                ids = self.tokenizer.encode(prompt.text, add_special_tokens=False)
+            ids = self.prompt_encoder.token_ids(index, prompt)
             check_token_ids(index, ids, spec, self.limits)
             prompts.append(ids)
         return prompts
@@ -320,10 +310,3 @@ def _push_reply(result: PushResult) -> policy_pb2.PushWeightsResponse:
         digest=result.digest,
         checksum=checksum_named(result.checksum).wire,
     )
-
-
-def _as_list(encoded) -> list[int]:
-    """apply_chat_template returns a list or a BatchEncoding depending on the transformers version."""
-    if isinstance(encoded, list):
-        return encoded
-    return list(encoded["input_ids"])

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from rlhf.v1 import policy_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.common.shared_segment import host_id, take_segment
+from services.common.shared_segment import STREAM_INSTEAD, host_id, take_segment
 from services.common.weight_stream import (
     PushAssembler,
     PushHeader,
@@ -317,13 +317,12 @@ class WeightManager:
     async def _take_segment(
         self, begin: policy_pb2.PushBegin, stream: AsyncIterator[policy_pb2.PushWeightsRequest]
     ) -> StagedPush:
-        """A same-host push: `begin` names a shared-memory segment, `commit` its checksum; verified on the receive
-        thread (see services/common/shared_segment.py)."""
+        """A same-host push: `begin` names a shared-memory segment, `commit` its checksum; copied into the spare
+        staging file and verified on the receive thread (see services/common/shared_segment.py)."""
         try:
             if not self.host_id:
                 raise FailedPrecondition(
-                    "this server does not take same-host pushes (same_host_pushes is off); nothing was applied: "
-                    "stream the tensors instead"
+                    f"this server does not take same-host pushes (same_host_pushes is off); {STREAM_INSTEAD}"
                 )
             header = parse_begin(begin, self.max_push_bytes)
             commit = await anext(stream, None)
@@ -332,7 +331,8 @@ class WeightManager:
             if await anext(stream, None) is not None:
                 raise InvalidArgument("push has messages after commit")
             digest = committed_digest(commit.commit, header.checksum)
-            return await asyncio.get_running_loop().run_in_executor(
+            spare, self._spare = self._spare, None
+            taking = asyncio.get_running_loop().run_in_executor(
                 self._receiver,
                 take_segment,
                 begin.segment,
@@ -341,20 +341,31 @@ class WeightManager:
                 self.manifest,
                 self.staging,
                 self.fused_groups,
+                spare,
             )
+            try:
+                return await taking
+            except Exception:
+                if spare is not None and spare.exists():  # refused before the copy began: the spare is still whole
+                    self._spare = spare
+                raise
         except Exception:
             metrics.PUSHES.labels("rejected").inc()
             raise
 
     async def _retire(self, paths: list[Path]) -> None:
-        """Frees staged files no version needs, keeping one push file as the next push's pre-faulted staging area."""
-        if self._spare is None:
-            for path in paths:
-                if path.parent == self.staging and path.name.startswith("push-"):
-                    paths = [p for p in paths if p != path]
-                    self._spare = path
-                    break
-        await _remove(paths)
+        """Frees staged files no version needs, keeping the largest push file as the next push's pre-faulted
+        staging area (a small partial push's file would leave a full push to fresh pages)."""
+        candidates = [p for p in paths if p.parent == self.staging and p.name.startswith("push-")]
+        if self._spare is not None:
+            candidates.append(self._spare)
+        sizes = {path: _size(path) for path in candidates}
+        keep = max(sizes, key=sizes.__getitem__, default=None)
+        if keep is not None and sizes[keep] < 0:
+            keep = None
+        dropped = [p for p in [*paths, self._spare] if p is not None and p != keep]
+        self._spare = keep
+        await _remove(dropped)
 
     # ---- NCCL pushes (weight_transfer=nccl) ---------------------------------------
 
@@ -507,6 +518,14 @@ async def _remove(paths: list[Path]) -> None:
     a while)."""
     if paths:
         await asyncio.get_running_loop().run_in_executor(None, _unlink, paths)
+
+
+def _size(path: Path) -> int:
+    """A staged file's size; -1 when it is gone."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _unlink(paths: list[Path]) -> None:

@@ -16,7 +16,7 @@ import torch
 from rlhf.v1 import common_pb2, policy_pb2, reward_pb2
 from services.clients.policy import PolicyClient
 from services.clients.reward import RewardClient
-from services.common.prompt_templates import Templates, tagged_request_id
+from services.common.prompt_templates import Templates
 from services.common.prompts import PromptRow, PromptSampler
 from services.trainer.losses import token_logprobs
 
@@ -70,33 +70,24 @@ def generate(
     tag: str,
     templates: Templates | None = None,
 ) -> policy_pb2.GenerateResponse:
-    """Samples every row through its prompt template; results in row order.
+    """Samples every row through its prompt template in one Generate call; results in row order.
 
-    One Generate call per template among the rows, so each request id records its
-    template (`<tag>-<index>-tpl_<name>`, the experience store keeps it with the samples).
+    Each Prompt carries its template's name (`Prompt.template`), which the policy records
+    with the samples, and its system prompt as a system turn (see prompt_templates.py).
     """
-    rendered = [(templates or Templates()).render(row) for row in rows]
-    results: list[policy_pb2.PromptResult | None] = [None] * len(rows)
-    for group, name in enumerate(dict.fromkeys(name for _, name in rendered)):
-        positions = [i for i, (_, n) in enumerate(rendered) if n == name]
-        request = policy_pb2.GenerateRequest(
-            prompts=[
-                policy_pb2.Prompt(text=rendered[i][0], apply_chat_template=settings.apply_chat_template)
-                for i in positions
-            ],
-            sampling=policy_pb2.SamplingParams(
-                n=settings.samples_per_prompt,
-                max_tokens=settings.max_tokens,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                seed=(sample_seed(settings.seed, index) + group) % (2**63),
-            ),
-            request_id=tagged_request_id(f"{tag}-{index}", name),
-        )
-        reply = client.generate(request)
-        for position, result in zip(positions, reply.results):
-            results[position] = result
-    return policy_pb2.GenerateResponse(results=results)
+    templates = templates or Templates()
+    request = policy_pb2.GenerateRequest(
+        prompts=[templates.prompt(row, settings.apply_chat_template) for row in rows],
+        sampling=policy_pb2.SamplingParams(
+            n=settings.samples_per_prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=sample_seed(settings.seed, index),
+        ),
+        request_id=f"{tag}-{index}",
+    )
+    return client.generate(request)
 
 
 def score_items(rows: list[PromptRow], response: policy_pb2.GenerateResponse) -> list[reward_pb2.ScoreItem]:

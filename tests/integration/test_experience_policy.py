@@ -11,6 +11,7 @@ import urllib.request
 
 import grpc
 import pytest
+from transformers import AutoTokenizer
 
 from rlhf.v1 import feedback_pb2 as fb
 from rlhf.v1 import feedback_pb2_grpc, policy_pb2, policy_pb2_grpc
@@ -171,3 +172,20 @@ def test_feedback_on_live_samples_through_the_policy_port(recording_policy):
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     prompts = feedback.ListPrompts(fb.ListPromptsRequest())
     assert PROMPT in {p.prompt_text for p in prompts.prompts}
+
+
+def test_system_turn_and_template_are_rendered_recorded_and_listed(recording_policy, tiny_policy_dir):
+    stub, feedback, store, _ = recording_policy
+    system = "You are a terse literary critic."
+    prompt = policy_pb2.Prompt(text=PROMPT, system=system, apply_chat_template=True, template="critic")
+    result = generate(stub, n=1, prompt=prompt, request_id="templated").results[0]
+    prompt_ids = list(result.prompt_token_ids)
+    system_ids = AutoTokenizer.from_pretrained(tiny_policy_dir).encode(system, add_special_tokens=False)
+    assert any(prompt_ids[i : i + len(system_ids)] == system_ids for i in range(len(prompt_ids))), prompt_ids
+    row = wait_recorded(store, [result.samples[0].sample_id])[result.samples[0].sample_id]
+    assert (row.template, row.prompt_text, row.request_id) == ("critic", PROMPT, "templated")
+    listed = feedback.ListPrompts(fb.ListPromptsRequest(template="critic")).prompts
+    assert [(p.template, list(p.prompt_token_ids)) for p in listed] == [("critic", prompt_ids)]
+    with pytest.raises(grpc.RpcError) as raised:  # a raw completion has no system turn to render it in
+        generate(stub, n=1, prompt=policy_pb2.Prompt(text=PROMPT, system=system), request_id="raw")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "system needs text" in raised.value.details()

@@ -48,6 +48,7 @@ def sample(i: int, prompt=(1, 2, 3), tenant="default") -> SampleRecord:
         finish_reason="stop",
         weight_version=7,
         created_at=1000.0 + i,
+        template="critic" if i % 2 else "",
     )
 
 
@@ -74,6 +75,8 @@ def test_samples_round_trip_exactly(store):
     assert (got.prompt_text, got.prompt_token_ids, got.token_ids) == ("Say hi ünïcode ✓", [1, 2, 3], [10, 11, 1])
     assert got.logprobs == [-0.125, -1.5, -3.0e-7] and got.weight_version == 7 and got.created_at == 1001.0
     assert got.prompt_key == sample(1).prompt_key and got.chat_template and got.request_id == "r0"
+    assert (got.template, found["s0003"].template) == ("critic", "critic")
+    assert [s.sample_id for s in store.sample_page(0, 10, template="critic")[0]] == ["s0001", "s0003"]
 
 
 def test_sample_pages_follow_the_cursor(store):

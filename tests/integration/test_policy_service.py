@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from rlhf.v1 import policy_pb2, policy_pb2_grpc
 from services.common.client import open_channel
-from services.common.shared_segment import host_id, segment_requests, write_segment
+from services.common.shared_segment import STREAM_INSTEAD, host_id, segment_requests, write_segment
 from services.common.weight_stream import push_requests
 from services.trainer.grpo import token_logprobs
 
@@ -210,17 +210,19 @@ def test_same_host_push_applies_and_its_faults_leave_the_old_version(stub, hf_mo
     v0, tokens = version(stub), list(greedy(stub).token_ids)
     params = perturbed(params_of(hf_model), 2.0, seed=7)
 
-    def refused(requests, code, fragment, taken=True):
+    def refused(requests, code, fragment, stream_instead=False):
         segment = Path(requests[0].begin.segment.path)
         with pytest.raises(grpc.RpcError) as info:
             stub.PushWeights(iter(requests), timeout=60)
         assert info.value.code() == code and fragment in info.value.details()
-        assert segment.exists() != taken  # refusals before taking leave the sender's segment alone
+        # only a refusal of the path itself tells the sender to stream the same push instead
+        assert info.value.details().endswith(STREAM_INSTEAD) == stream_instead
+        assert segment.exists() or not stream_instead  # refusals of the path itself leave the segment unread
         segment.unlink(missing_ok=True)
         _assert_unchanged(stub, v0, tokens)
 
     fresh = lambda tensors=params: write_segment(tensors)  # noqa: E731
-    refused(list(segment_requests(fresh(), params))[:1], grpc.StatusCode.INVALID_ARGUMENT, "commit", taken=False)
+    refused(list(segment_requests(fresh(), params))[:1], grpc.StatusCode.INVALID_ARGUMENT, "commit")
     changed = fresh()
     requests = list(segment_requests(changed, params))
     with open(changed.path, "r+b") as handle:
@@ -232,15 +234,17 @@ def test_same_host_push_applies_and_its_faults_leave_the_old_version(stub, hf_mo
     refused(list(segment_requests(fresh(), params, expected_version=v0 + 7)), grpc.StatusCode.FAILED_PRECONDITION, "")
     foreign = list(segment_requests(fresh(), params))
     foreign[0].begin.segment.host_id = "another-machine"
-    refused(foreign, grpc.StatusCode.FAILED_PRECONDITION, "another host", taken=False)
+    refused(foreign, grpc.StatusCode.FAILED_PRECONDITION, "another host", stream_instead=True)
     readable = fresh()
     os.chmod(readable.path, 0o644)
-    refused(list(segment_requests(readable, params)), grpc.StatusCode.FAILED_PRECONDITION, "mode 644", taken=False)
+    refused(
+        list(segment_requests(readable, params)), grpc.StatusCode.FAILED_PRECONDITION, "mode 644", stream_instead=True
+    )
 
     segment = fresh()
     reply = stub.PushWeights(segment_requests(segment, params, expected_version=v0, push_id="same-host"), timeout=60)
     assert (reply.weight_version, reply.push_id, reply.digest) == (v0 + 1, "same-host", segment.digest)
-    assert not segment.path.exists()  # the server took it
+    segment.path.unlink(missing_ok=True)  # moved into staging, or copied over a spare: then the sender's to remove
     assert list(greedy(stub).token_ids) != tokens, "the same-host push did not change the output"
 
 

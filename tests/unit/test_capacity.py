@@ -55,22 +55,36 @@ def test_a_check_binds_once_its_files_share_a_machine(tmp_path) -> None:
     """Only a machine mismatch exempts a check: with one machine record everywhere, every check is judged."""
     results = tmp_path / "results"
     shutil.copytree(calibration.RESULTS, results, ignore=shutil.ignore_patterns("*.png", "logs"))
+
+    def one_machine(value) -> None:  # every machine record, the rounds' nested ones too
+        if isinstance(value, dict):
+            if isinstance(value.get("machine"), dict):
+                value["machine"]["platform"] = "one machine"
+            for item in value.values():
+                one_machine(item)
+        elif isinstance(value, list):
+            for item in value:
+                one_machine(item)
+
     for path in results.glob("*.json"):
         data = json.loads(path.read_text())
-        if isinstance(data.get("machine"), dict):
-            data["machine"]["platform"] = "one machine"
-            path.write_text(json.dumps(data))
+        one_machine(data)
+        path.write_text(json.dumps(data))
     checks = calibration.local_checks(results)
     assert all(c.comparable for c in checks)
     assert calibration.summary(checks)["checks"] == len(checks)
 
 
-def test_the_step_holds_the_issue_s_20_percent_and_no_band_is_wider_than_60() -> None:
-    """The issue's bar is 20%: the step total, generation and training hold it; the wider bands are stated."""
+def test_the_step_holds_the_issue_s_20_percent_and_no_band_is_wider_than_80() -> None:
+    """The issue's bar is 20%: the step total, generation, training and reward throughput hold it; a wider band
+    states its reason."""
     bands = inputs.read_toml("local.toml")["bands"]
     assert set(bands) == {"step", "generate", "score", "train", "push", "reward_throughput"}
-    assert bands["step"] == bands["generate"] == bands["train"] == 0.20, bands
-    assert all(band <= 0.60 for band in bands.values()), bands
+    assert bands["step"] == bands["generate"] == bands["train"] == bands["reward_throughput"] == 0.20, bands
+    assert all(band <= 0.80 for band in bands.values()), bands
+    reasons = calibration.band_reasons()
+    assert {name for name, band in bands.items() if band > 0.20} == set(reasons), reasons
+    assert {calibration.band_of(c.name) for c in calibration.local_checks()} == set(bands)
     for check in calibration.local_checks():
         assert check.comparable, (check.name, check.machines)  # every local input re-measured on this machine
         if check.name in ("step.step", "step.generate", "step.train"):
@@ -93,12 +107,19 @@ def _perturbed(tmp_path, name: str, change) -> Path:
         ("capacity.trainer.json", lambda d: d.update(tokens_per_s=d["tokens_per_s"] * 1.5), "step.train"),
         (
             "capacity.reward.json",
-            lambda d: d["step_batch"].update(seconds_median=d["step_batch"]["seconds_median"] * 3),
+            lambda d: d["step_batch"].update(
+                beside_spinner_seconds_median=d["step_batch"]["beside_spinner_seconds_median"] * 3
+            ),
             "step.score",
         ),
         (
-            "capacity.reward.json",
-            lambda d: d["forward"].update(per_pair_s=d["forward"]["per_pair_s"] * 4),
+            "capacity.interleaved.json",
+            lambda d: [
+                r["costs"]["forward"].update(
+                    seconds_by_batch={k: v * 4 for k, v in r["costs"]["forward"]["seconds_by_batch"].items()}
+                )
+                for r in d["rounds"]
+            ],
             "reward.pairs_per_s@64",
         ),
         (
@@ -130,16 +151,18 @@ def test_async_staleness_matches_step_json() -> None:
 def test_local_inputs_are_components_not_the_predicted_totals() -> None:
     config = inputs.read_toml("local.toml")["inputs"]
     predicted = inputs.read_toml("local.toml")["predicted"]
-    assert not set(predicted.values()) & set(config.values()) - {config["reward_settings_file"]}
+    assert not set(predicted.values()) & set(config.values())
     assert config["trainer_file"] == "capacity.trainer.json"
     assert config["reward_costs_file"] == "capacity.reward.json"
-    # reward.json is read for the batcher's settings only: every level of it is predicted
+    # every bench-reward level of every round is predicted, each round from its own measure_reward result
+    rounds = json.loads((calibration.RESULTS / predicted["reward_rounds_file"]).read_text())["rounds"]
+    assert len(rounds) >= 3
     checked = [c.name for c in calibration.local_checks() if c.name.startswith("reward.")]
-    measured = json.loads((calibration.RESULTS / predicted["reward_file"]).read_text())["results"]
-    assert checked == [f"reward.pairs_per_s@{level['concurrency']}" for level in measured]
-    rates = calibration.local_rates()
-    costs = json.loads((calibration.RESULTS / "capacity.reward.json").read_text())
-    assert rates.reward.per_pair_s == costs["forward"]["per_pair_s"]
+    assert checked == [f"reward.pairs_per_s@{level['concurrency']}" for level in rounds[0]["reward"]["results"]]
+    for level in calibration.reward_levels():
+        assert level["rounds"] == len(rounds) and len(level["round_errors"]) == len(rounds)
+    first = calibration.service_costs(rounds[0]["costs"], calibration._batching(rounds[0]["reward"]))
+    assert first.forward_s(8) == rounds[0]["costs"]["forward"]["seconds_by_batch"]["8"]
 
 
 def test_published_figures_reproduced(data: inputs.Inputs) -> None:
@@ -299,12 +322,10 @@ def test_cli_writes_json_plot_and_readme(tmp_path) -> None:
 # ---- reward service under a closed loop (bench-reward's traffic) ---------------------------
 
 COSTS = ServiceCosts(
-    per_batch_s=0.020,
-    per_pair_s=0.006,
+    forward_by_batch=((1, 0.026), (32, 0.212)),  # 0.020 s per batch + 0.006 s per pair
     request_s=0.003,
     loop_s=0.0005,
     cpu_per_request_s=0.001,
-    cores=2,
     max_batch=32,
     max_wait_s=0.005,
     max_batch_tokens=16384,
@@ -328,3 +349,14 @@ def test_closed_loop_batches_as_the_batcher_does() -> None:
     assert closed_loop(COSTS, 64, [512], 256)["mean_batch_size"] <= 16
     # CPU spent on requests during a forward slows the service down
     assert closed_loop(COSTS, 64, [60], 256)["pairs_per_s"] < many["pairs_per_s"]
+
+
+def test_the_forward_follows_the_measured_sizes() -> None:
+    """Linear between measured batch sizes (a single line misses small batches), extended beyond the last."""
+    costs = replace(COSTS, forward_by_batch=((1, 0.034), (4, 0.049), (32, 0.335)))
+    assert costs.forward_s(1) == pytest.approx(0.034)
+    assert costs.forward_s(2) == pytest.approx(0.039)
+    assert costs.forward_s(18) == pytest.approx(0.049 + 14 * 0.286 / 28)
+    assert costs.forward_s(64) == pytest.approx(0.335 + 32 * 0.286 / 28)
+    with pytest.raises(ValueError, match="rising"):
+        replace(COSTS, forward_by_batch=((4, 0.05), (1, 0.03)))

@@ -9,10 +9,12 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from services.experience import database
+from services.experience.records import SampleRecord
 from services.experience.schema import metadata
 from services.experience.store import ExperienceStore
 
@@ -51,6 +53,42 @@ def test_migrations_are_idempotent_and_keep_data(tmp_path):
             versions = connection.execute(sa.text(f"SELECT count(*) FROM {database.VERSION_TABLE}")).scalar()
         assert versions == 1
         again.close()
+
+
+def _migrate(engine, step, revision: str) -> None:
+    config = database.alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        step(config, revision)
+
+
+def test_0002_records_templates_and_recovers_them_from_tagged_request_ids(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = database.create_engine(url)
+    _migrate(engine, command.upgrade, "0001")
+    with engine.begin() as connection:
+        for sample_id, request_id in [("a", "train-step-2-tpl_critic"), ("b", "loadtest-1-tpl_none"), ("c", "live-1")]:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO samples (sample_id, request_id, tenant, prompt_index, sample_index, prompt_key, "
+                    "prompt_text, chat_template, prompt_token_ids, completion_text, token_ids, logprobs, "
+                    "finish_reason, weight_version, created_at) "
+                    "VALUES (:sid, :rid, 't', 0, 0, 'k', 'p', 1, '[1]', 'c', '[2]', '[-0.5]', 'stop', 0, 1)"
+                ),
+                {"sid": sample_id, "rid": request_id},
+            )
+    engine.dispose()
+    store = ExperienceStore.open(url)  # migrates to head
+    assert store.schema_revision == database.head_revision() and schema_diff(store.engine) == []
+    found = store.get_samples(["a", "b", "c"])
+    assert {k: v.template for k, v in found.items()} == {"a": "critic", "b": "", "c": ""}  # "none" meant no template
+    record = SampleRecord("d", "r", "t", 0, 0, "p", True, [1], "c", [2], [-0.5], "stop", 0, 2.0, "critic")
+    store.record_samples([record])
+    page, _ = store.sample_page(0, 10, template="critic")
+    assert [s.sample_id for s in page] == ["a", "d"]
+    _migrate(store.engine, command.downgrade, "0001")
+    assert "template" not in {c["name"] for c in sa.inspect(store.engine).get_columns("samples")}
+    store.close()
 
 
 def test_concurrent_opens_migrate_once(tmp_path):

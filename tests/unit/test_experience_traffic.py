@@ -24,7 +24,11 @@ class Context:
 
 
 def request(mode=policy_pb2.RECORDING_MODE_UNSPECIFIED, text="hello", request_id="r-1"):
-    prompt = policy_pb2.Prompt(text=text, apply_chat_template=True) if text else policy_pb2.Prompt(token_ids=[5, 6])
+    prompt = (
+        policy_pb2.Prompt(text=text, system="Be terse.", apply_chat_template=True, template="critic")
+        if text
+        else policy_pb2.Prompt(token_ids=[5, 6])
+    )
     return policy_pb2.GenerateRequest(prompts=[prompt], request_id=request_id, recording=mode)
 
 
@@ -59,6 +63,7 @@ def test_generate_records_every_sample_with_its_id():
     assert (first.request_id, first.tenant, first.prompt_text, first.chat_template) == ("r-1", "team-a", "hello", True)
     assert (first.prompt_token_ids, first.token_ids, first.logprobs) == ([1, 2, 3], [10], [-0.25])
     assert (first.completion_text, first.finish_reason, first.weight_version) == ("t0", "stop", 4)
+    assert first.template == "critic"  # the prompt's template, recorded with every sample
 
 
 def test_opt_out_disabled_tenant_and_sampling_still_get_sample_ids():
@@ -93,6 +98,7 @@ def test_token_id_prompts_are_left_for_the_writer_to_decode_and_request_ids_gene
     hook, sink = traffic()
     hook.finish_generate(request(text="", request_id=""), Context(), response(1))
     assert sink.records[0].prompt_text is None and sink.records[0].chat_template is False
+    assert sink.records[0].template == ""
     assert len(sink.records[0].request_id) == 32
 
 
@@ -135,6 +141,7 @@ def test_stream_tap_stamps_ids_and_records_each_sample_once_when_finished():
         "stop",
     )
     assert first.prompt_token_ids == [1, 2, 3] and by_id[messages[1].sample_id].finish_reason == "length"
+    assert {r.template for r in sink.records} == {"critic"}
 
 
 def test_stream_tap_without_recording_still_stamps_ids():

@@ -28,10 +28,12 @@ class Context:
         self.trailing = metadata
 
 
-def sample(sample_id: str, prompt: list[int], text: str, tenant: str = "default") -> SampleRecord:
-    return SampleRecord(
+def sample(sample_id: str, prompt: list[int], text: str, tenant: str = "default", template: str = "") -> SampleRecord:
+    record = SampleRecord(
         sample_id, "req", tenant, 0, 0, "prompt", True, prompt, text, [1, 2], [-0.1, -0.2], "stop", 3, time.time()
     )
+    record.template = template
+    return record
 
 
 @pytest.fixture
@@ -39,11 +41,11 @@ def servicer(tmp_path):
     store = ExperienceStore.open(f"sqlite:///{tmp_path}/experience.db")
     store.record_samples(
         [
-            sample("a1", [1, 2], "first answer"),
-            sample("a2", [1, 2], "second answer"),
-            sample("a3", [1, 2], "third answer"),
+            sample("a1", [1, 2], "first answer", template="critic"),
+            sample("a2", [1, 2], "second answer", template="critic"),
+            sample("a3", [1, 2], "third answer", template="critic"),
             sample("b1", [3, 4], "other prompt"),
-            sample("x1", [1, 2], "their answer", tenant="other-team"),
+            sample("x1", [1, 2], "their answer", tenant="other-team", template="critic"),
         ]
     )
     servicer = FeedbackServicer(
@@ -216,6 +218,7 @@ def test_preferences_ratings_and_prompts_for_trainers(servicer):
     assert top.votes == 3 and top.agreement == pytest.approx(2 / 3, abs=0.1)
     assert set(top.sources) == {fb.FEEDBACK_KIND_PAIRWISE, fb.FEEDBACK_KIND_RANKING}
     assert list(top.prompt_token_ids) == [1, 2] and top.chat_template and top.prompt_text == "prompt"
+    assert {p.template for p in reply.pairs} == {"critic"}  # the prompt's template, to group feedback by
     correction = pairs[("the best answer", "third answer")]
     assert correction.chosen_sample_id == "" and correction.rejected_sample_id == "a3"
     assert reply.report.contradictions_resolved == 1 and reply.report.items_out == 4 and reply.report.votes_in == 6
@@ -226,11 +229,19 @@ def test_preferences_ratings_and_prompts_for_trainers(servicer):
     ratings = call(servicer.ListRatings, fb.ListRatingsRequest())
     (rated,) = ratings.ratings
     assert rated.sample_id == "a1" and rated.ratings == 3 and rated.completion_text == "first answer"
-    assert 0.0 < rated.score < 1.0 and rated.weight_version == 3
+    assert 0.0 < rated.score < 1.0 and rated.weight_version == 3 and rated.template == "critic"
     assert ratings.next_cursor == 7
 
     prompts = call(servicer.ListPrompts, fb.ListPromptsRequest())
-    assert [(list(p.prompt_token_ids), p.samples) for p in prompts.prompts] == [([3, 4], 1), ([1, 2], 4)]
+    assert [(list(p.prompt_token_ids), p.samples, p.template) for p in prompts.prompts] == [
+        ([3, 4], 1, ""),
+        ([1, 2], 4, "critic"),
+    ]
+    critic = call(servicer.ListPrompts, fb.ListPromptsRequest(template="critic"))
+    assert [(list(p.prompt_token_ids), p.samples) for p in critic.prompts] == [([1, 2], 4)]
+    assert call(servicer.ListPrompts, fb.ListPromptsRequest(template="other")).prompts == []
+    with pytest.raises(InvalidArgument, match="template 'no space': at most 64 letters"):
+        call(servicer.ListPrompts, fb.ListPromptsRequest(template="no space"))
     only = call(servicer.ListPrompts, fb.ListPromptsRequest(tenant="other-team"))
     assert [p.tenant for p in only.prompts] == ["other-team"]
     with pytest.raises(InvalidArgument, match="limit 10001 > 10000"):

@@ -1,4 +1,4 @@
-"""Prompt templates: rendering, validation, resolution order, the request-id record, and one behaviour everywhere."""
+"""Prompt templates: rendering into Prompt fields, validation, resolution order, and one behaviour everywhere."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from services.common.prompt_templates import (
     Templates,
     TemplateSettings,
     load_templates,
-    tagged_request_id,
-    template_of,
 )
 from services.common.prompts import PromptRow, load_prompts
 from services.loadtest.config import LoadTestConfig
 from services.loadtest.workload import PolicyWorkload
 from services.trainer.config import TrainerConfig
 from services.trainer.evaluate import EvaluateConfig
-from services.trainer.rollout import SamplingSettings, generate
+from services.trainer.rollout import SamplingSettings, generate, sample_seed
 
 TOML = """
 [templates.critic]
@@ -41,18 +39,32 @@ def template_file(tmp_path):
     return path
 
 
-def test_render_puts_the_system_prompt_before_the_formatted_prompt(template_file):
+def test_render_gives_the_system_prompt_its_own_turn_with_a_chat_template(template_file):
     templates = load_templates(template_file)
-    assert templates["critic"].render("Dune") == "You are a terse critic.\n\nReview in two sentences: Dune"
-    assert templates["inline"].render("Dune") == "[Be kind.] Dune {braces}"  # placed by the format, braces escaped
-    assert templates["plain"].render("Dune") == "Dune"
+    assert templates["critic"].render("Dune") == ("Review in two sentences: Dune", "You are a terse critic.")
+    # placed by the format: stays in the user text, no separate system turn; escaped braces stay literal
+    assert templates["inline"].render("Dune") == ("[Be kind.] Dune {braces}", "")
+    assert templates["plain"].render("Dune") == ("Dune", "")
+
+
+def test_render_without_a_chat_template_puts_the_system_prompt_before_the_text(template_file):
+    templates = load_templates(template_file)
+    assert templates["critic"].render("Dune", chat=False) == (
+        "You are a terse critic.\n\nReview in two sentences: Dune",
+        "",
+    )
+    assert templates["inline"].render("Dune", chat=False) == ("[Be kind.] Dune {braces}", "")
+    literal = PromptTemplate("lit", "S", "{{system}} {prompt}")  # escaped braces: a literal, not the field
+    assert literal.render("p") == ("{system} p", "S")
 
 
 @pytest.mark.parametrize(
     "name, fmt, message",
     [
-        ("has-dash", "{prompt}", "1-24 letters"),
-        ("x" * 25, "{prompt}", "1-24 letters"),
+        ("has space", "{prompt}", "1-64 letters"),
+        ("x" * 65, "{prompt}", "1-64 letters"),
+        ("", "{prompt}", "1-64 letters"),
+        ("critic\n", "{prompt}", "1-64 letters"),
         ("ok", "no placeholder", "must contain {prompt}"),
         ("ok", "{prompt} {user}", "no fields but"),
         ("ok", "{prompt", "not a valid format string"),
@@ -87,7 +99,8 @@ def test_a_row_gets_its_own_then_its_tasks_then_the_default_template(template_fi
     assert templates.resolve(PromptRow("p", None, "rules", "critic")).name == "critic"
     assert templates.resolve(PromptRow("p", None, "rules")).name == "inline"
     assert templates.resolve(PromptRow("p", None, "other")).name == "plain"
-    assert Templates().render(PromptRow("p", None)) == ("p", "none")
+    assert Templates().prompt(PromptRow("p", None), True) == policy_pb2.Prompt(text="p", apply_chat_template=True)
+    assert Templates().resolve(PromptRow("p", None)).name == "none"
     with pytest.raises(ValueError, match="unknown template 'nope'"):
         Templates(load_templates(template_file), default="nope")
     with pytest.raises(ValueError, match="task rules: unknown template"):
@@ -96,11 +109,22 @@ def test_a_row_gets_its_own_then_its_tasks_then_the_default_template(template_fi
         templates.check_rows([PromptRow("p", None, "", "ghost")], "data.jsonl")
 
 
-def test_the_request_id_records_the_template():
-    assert template_of(tagged_request_id("train-step-3", "critic")) == "critic"
-    assert template_of(tagged_request_id("loadtest-7", "none")) == "none"
-    assert template_of("loadtest-7") is None
-    assert len(tagged_request_id("train-step-999999", "x" * 24)) <= 64  # the policy's request-id limit
+def test_the_prompt_carries_user_text_system_turn_and_template_name(template_file):
+    templates = Templates(load_templates(template_file))
+    row = PromptRow("Dune", None, "", "critic")
+    assert templates.prompt(row, apply_chat_template=True) == policy_pb2.Prompt(
+        text="Review in two sentences: Dune",
+        system="You are a terse critic.",
+        apply_chat_template=True,
+        template="critic",
+    )
+    assert templates.prompt(row, apply_chat_template=False) == policy_pb2.Prompt(
+        text="You are a terse critic.\n\nReview in two sentences: Dune", template="critic"
+    )
+    inline = templates.prompt(PromptRow("Dune", None, "", "inline"), apply_chat_template=True)
+    assert (inline.text, inline.system, inline.template) == ("[Be kind.] Dune {braces}", "", "inline")
+    longest = PromptTemplate("x-" * 32)  # the longest name the policy accepts as Prompt.template
+    assert Templates({longest.name: longest}, longest.name).prompt(PromptRow("p", None), True).template == longest.name
 
 
 def test_settings_in_every_program_with_clear_errors(template_file, capsys):
@@ -139,15 +163,16 @@ def test_trainer_evaluator_and_load_tester_send_the_same_text(template_file, tmp
     client = _Recorder()
     generate(client, load_prompts(data), SamplingSettings(1, 8, 1.0, 1.0, True, 0), 0, "train-step", templates)
     load = PolicyWorkload(str(data), vocab_size=10, templates=templates).next_request()
-    assert (
-        client.requests[0].prompts[0].text
-        == load.prompts[0].text
-        == "You are a terse critic.\n\nReview in two sentences: Dune"
+    assert client.requests[0].prompts[0] == load.prompts[0]
+    assert (load.prompts[0].text, load.prompts[0].system, load.prompts[0].template) == (
+        "Review in two sentences: Dune",
+        "You are a terse critic.",
+        "critic",
     )
-    assert template_of(client.requests[0].request_id) == template_of(load.request_id) == "critic"
+    assert (client.requests[0].request_id, load.request_id) == ("train-step-0", "loadtest-1")  # no tags any more
 
 
-def test_generate_sends_one_request_per_template_and_keeps_row_order(template_file):
+def test_generate_sends_one_request_with_each_rows_template_in_row_order(template_file):
     rows = [PromptRow("aaaa", None, "", "critic"), PromptRow("bbbb", None), PromptRow("cccc", None, "", "critic")]
     client = _Recorder()
     response = generate(
@@ -158,11 +183,15 @@ def test_generate_sends_one_request_per_template_and_keeps_row_order(template_fi
         "train-step",
         Templates(load_templates(template_file)),
     )
-    assert [r.request_id for r in client.requests] == ["train-step-2-tpl_critic", "train-step-2-tpl_none"]
-    assert [len(r.prompts) for r in client.requests] == [2, 1]
-    assert client.requests[0].sampling.seed != client.requests[1].sampling.seed  # independent random streams
+    (request,) = client.requests
+    assert request.request_id == "train-step-2" and request.sampling.seed == sample_seed(5, 2)
+    assert [(p.template, p.system) for p in request.prompts] == [
+        ("critic", "You are a terse critic."),
+        ("", ""),
+        ("critic", "You are a terse critic."),
+    ]
     assert [r.samples[0].text for r in response.results] == [
-        "train-step-2-tpl_critic:aaaa",
-        "train-step-2-tpl_none:bbbb",
-        "train-step-2-tpl_critic:cccc",
+        "train-step-2:aaaa",
+        "train-step-2:bbbb",
+        "train-step-2:cccc",
     ]

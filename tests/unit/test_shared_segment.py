@@ -1,5 +1,6 @@
-"""The same-host push: a segment is taken and verified, or refused untouched (other host, permissions), or refused
-as DATA_LOSS when it changed after its checksum; through the WeightManager it applies like a streamed push."""
+"""The same-host push: a segment is copied and verified, or refused unread (other host, permissions), or refused
+as DATA_LOSS when it changed after its checksum; through the WeightManager it applies like a streamed push, and the
+sender rewrites one segment push after push."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument
-from services.common.shared_segment import host_id, segment_requests, take_segment, write_segment
+from services.common.shared_segment import (
+    STREAM_INSTEAD,
+    SegmentWriter,
+    host_id,
+    segment_requests,
+    take_segment,
+    write_segment,
+)
 from services.common.weight_stream import TensorSpec, parse_begin, push_requests
 from tests.unit.test_weight_manager import ATTN, MLP, manager, stream, weights
 
@@ -27,13 +35,13 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return shm, staging
 
 
-def take(requests, staging: Path, manifest=MANIFEST):
+def take(requests, staging: Path, manifest=MANIFEST, reuse: Path | None = None):
     begin, commit = requests[0].begin, requests[-1].commit
     header = parse_begin(begin, 10**9)
-    return take_segment(begin.segment, header, bytes(commit.digest or commit.sha256), manifest, staging)
+    return take_segment(begin.segment, header, bytes(commit.digest or commit.sha256), manifest, staging, None, reuse)
 
 
-def test_a_segment_is_taken_verified_and_hashed_like_the_stream(tmp_path):
+def test_a_segment_is_copied_verified_and_hashed_like_the_stream(tmp_path):
     shm, staging = dirs(tmp_path)
     segment = write_segment(TENSORS, shm)
     assert segment.path.stat().st_mode & 0o777 == 0o600
@@ -43,11 +51,60 @@ def test_a_segment_is_taken_verified_and_hashed_like_the_stream(tmp_path):
     streamed = list(push_requests(TENSORS))
     assert requests[-1].commit.digest == streamed[-1].commit.digest  # one checksum definition for both paths
     staged = take(requests, staging)
-    assert not segment.path.exists() and staged.path.parent == staging  # taken over: the sender's name is gone
+    assert not segment.path.exists() and staged.path.parent == staging  # no spare: the file itself was moved
     assert staged.names == ("a.weight", "b.bias") and staged.total_bytes == 12 * 4 + 5 * 2
     loaded = load_file(str(staged.path))
     for name, tensor in TENSORS:
         assert torch.equal(loaded[name], tensor)
+
+
+def test_the_sender_rewrites_one_segment_and_the_receiver_its_spare(tmp_path):
+    """Both files are reused push after push (touched pages), and a smaller push leaves no stale tail."""
+    shm, staging = dirs(tmp_path)
+    writer = SegmentWriter(shm)
+    first = writer.write(TENSORS)
+    inode = first.path.stat().st_ino
+    spare = staging / "push-spare.safetensors"
+    spare.write_bytes(b"\xff" * 4096)  # a retired push's file, longer than this push
+    spare_inode = spare.stat().st_ino
+    staged = take(list(segment_requests(first, TENSORS)), staging, reuse=spare)
+    assert staged.path.stat().st_ino == spare_inode and first.path.exists()  # copied over the spare
+    assert torch.equal(load_file(str(staged.path))["a.weight"], TENSORS[0][1])
+    smaller = [("a.weight", torch.full((3, 4), 7.0))]
+    second = writer.write(smaller)
+    assert second.path == first.path and second.path.stat().st_ino == inode
+    again = take(list(segment_requests(second, smaller)), staging, {"a.weight": MANIFEST["a.weight"]}, staged.path)
+    assert again.path.stat().st_ino == spare_inode and not staged.path.exists()  # the spare's pages, renamed
+    assert again.path.stat().st_size == second.path.stat().st_size
+    assert torch.equal(load_file(str(again.path))["a.weight"], torch.full((3, 4), 7.0))
+    assert second.path.exists()  # copied over the spare: the segment stays the sender's
+    os.chmod(second.path, 0o644)  # someone loosened it: the writer starts a new private segment
+    third = writer.write(TENSORS)
+    assert third.path != second.path and third.path.stat().st_mode & 0o777 == 0o600
+    assert not second.path.exists()
+    taken = take(list(segment_requests(third, TENSORS)), staging)  # no spare: moved, and the writer starts anew
+    assert not third.path.exists() and taken.path.exists()
+    fourth = writer.write(TENSORS)
+    assert fourth.path != third.path and fourth.path.exists()
+    writer.close()
+    assert not fourth.path.exists()
+
+
+def test_a_writer_removes_segments_whose_writer_died_and_keeps_live_ones(tmp_path):
+    shm, _ = dirs(tmp_path)
+    live = SegmentWriter(shm)
+    live_path = live.write(TENSORS).path
+    dead = shm / "rlhf-push-99999-0.safetensors"  # a killed sender's: nobody holds its lock
+    dead.write_bytes(b"\0" * 64)
+    os.utime(dead, (0, 0))
+    fresh = shm / "rlhf-push-99999-1.safetensors"  # just created: its writer may not have locked it yet
+    fresh.write_bytes(b"\0" * 64)
+    newcomer = SegmentWriter(shm)
+    newcomer.write(TENSORS)
+    assert not dead.exists() and fresh.exists() and live_path.exists()
+    live.close()
+    newcomer.close()
+    assert not live_path.exists()
 
 
 def test_a_segment_from_another_host_is_refused_untouched(tmp_path):
@@ -55,8 +112,9 @@ def test_a_segment_from_another_host_is_refused_untouched(tmp_path):
     segment = write_segment(TENSORS, shm)
     requests = list(segment_requests(segment, TENSORS))
     requests[0].begin.segment.host_id = "other-boot-id:1:2"
-    with pytest.raises(FailedPrecondition, match="another host"):
+    with pytest.raises(FailedPrecondition, match="another host") as refused:
         take(requests, staging)
+    assert str(refused.value).endswith(STREAM_INSTEAD)  # the sender streams instead
     assert segment.path.exists() and not list(staging.iterdir())
 
 
@@ -152,7 +210,7 @@ def _local_replica(tmp_path: Path, staging: Path):
     replica.name, replica.address, replica.writer = "local", "local", "trainer"
     replica.stub, replica.timeout_s, replica.retries = policy.stub, 30.0, 0
     replica.in_rotation, replica.reason, replica.version, replica.highest = True, "", None, 0
-    replica.host_id, replica.shared_memory = None, True
+    replica.host_id, replica.shared_memory, replica.segment = None, True, SegmentWriter()
     return policy, replica, engine
 
 
@@ -165,15 +223,28 @@ def test_the_client_takes_the_same_host_path_by_itself_and_streams_when_refused(
             reply = replica.push(weights(2.0), version=1, note="same host")
             assert reply.weight_version == 1 and replica.shared_memory  # the segment path was taken, not refused
             assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 2.0))
-            assert not list(Path("/dev/shm").glob(f"rlhf-push-{os.getpid()}-*"))  # no segment left behind
+            for version in (2, 3, 4):  # the policy keeps one earlier version: a spare exists from the third push on
+                reply = replica.push(weights(float(version)), version=version, note="same host again")
+                assert reply.weight_version == version
+                assert torch.equal(engine.weights[ATTN], torch.full((2, 2), float(version)))
+            kept = replica.segment.path
+            assert kept.exists()  # copied over the policy's spare: the trainer's segment stays to be rewritten
+            replica.push(weights(5.0), version=5, note="rewritten in place")
+            assert replica.segment.path == kept and torch.equal(engine.weights[ATTN], torch.full((2, 2), 5.0))
+            replica.segment.close()  # what PolicyReplica.close does
+            assert not kept.exists()  # no segment left behind
         finally:
             policy.close()
-    policy, replica, engine = _local_replica(tmp_path, tmp_path / "staging")  # cannot take a /dev/shm file
     (tmp_path / "staging").mkdir()
+    policy, replica, engine = _local_replica(tmp_path, tmp_path / "staging")  # another file system: copied too
     try:
-        reply = replica.push(weights(3.0), version=2, note="falls back")
-        assert reply.weight_version == 2 and not replica.shared_memory  # refused untouched, then streamed
+        reply = replica.push(weights(3.0), version=1, note="across file systems")
+        assert reply.weight_version == 1 and replica.shared_memory
         assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 3.0))
-        assert not list(Path("/dev/shm").glob(f"rlhf-push-{os.getpid()}-*"))
+        policy.weights.host_id = ""  # same-host pushes turned off on the server: refused, then streamed
+        reply = replica.push(weights(4.0), version=2, note="falls back")
+        assert reply.weight_version == 2 and not replica.shared_memory
+        assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 4.0))
+        assert replica.segment.path is None  # the writer removed its segment
     finally:
         policy.close()

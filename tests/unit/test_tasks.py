@@ -186,7 +186,8 @@ def test_run_data_checks_names_at_start(tmp_path):
     data = RunData.from_config(load_config(TrainerConfig, argv))
     config = load_config(TrainerConfig, argv)
     assert data.reward_models(config) == ("similarity", "length")
-    assert data.templates.render(PromptRow("b", None, "rules")) == ("Rules: b", "t")
+    prompt = data.templates.prompt(PromptRow("b", None, "rules"), apply_chat_template=True)
+    assert (prompt.text, prompt.template) == ("Rules: b", "t")
     assert isinstance(data.rewards(config), TaskRewards)
     with pytest.raises(ValueError, match="rows name tasks \\['rules', 'sim'\\] but tasks.file is not set"):
         RunData.from_config(load_config(TrainerConfig, ["--prompts-file", str(prompts)]))

@@ -293,3 +293,22 @@ def test_a_push_overwrites_the_pages_of_a_staged_file_no_version_needs(tmp_path)
         assert m.current.push_id == "third"
 
     asyncio.run(scenario())
+
+
+def test_the_spare_staging_file_is_the_largest_retired_one(tmp_path):
+    """A partial push's small file never displaces a full push's as the spare (a full push would fault fresh pages)."""
+
+    async def scenario():
+        m, _ = manager(tmp_path, keep=0)
+        await push(m, weights(1.0))
+        await push(m, weights(2.0))  # version 1's full file is the spare now
+        full = m._spare.stat().st_size
+        await push(m, weights(3.0, names=(ATTN,)))  # partial pushes: the MLP tensor still comes from version 2's file
+        await push(m, weights(4.0, names=(ATTN,)))
+        assert m._spare.stat().st_size < full  # only version 3's small file has been retired so far
+        await push(m, weights(5.0))  # full: retires version 2's full file and version 4's small one
+        assert m._spare.stat().st_size == full
+        retained = set(m.history.current.sources.values())
+        assert set(m.staging.iterdir()) == retained | {m._spare}  # the small file was freed, nothing else left
+
+    asyncio.run(scenario())

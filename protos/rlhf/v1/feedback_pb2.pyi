@@ -199,7 +199,7 @@ class ListPreferencesRequest(_message.Message):
     def __init__(self, since_cursor: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class PreferencePair(_message.Message):
-    __slots__ = ("pair_id", "prompt_text", "prompt_token_ids", "chat_template", "chosen_text", "rejected_text", "chosen_sample_id", "rejected_sample_id", "weight", "agreement", "votes", "sources", "chosen_weight_version", "rejected_weight_version")
+    __slots__ = ("pair_id", "prompt_text", "prompt_token_ids", "chat_template", "chosen_text", "rejected_text", "chosen_sample_id", "rejected_sample_id", "weight", "agreement", "votes", "sources", "chosen_weight_version", "rejected_weight_version", "template")
     PAIR_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class PreferencePair(_message.Message):
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
     REJECTED_WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     pair_id: str
     prompt_text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -228,7 +229,8 @@ class PreferencePair(_message.Message):
     sources: _containers.RepeatedScalarFieldContainer[FeedbackKind]
     chosen_weight_version: int
     rejected_weight_version: int
-    def __init__(self, pair_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., chosen_text: _Optional[str] = ..., rejected_text: _Optional[str] = ..., chosen_sample_id: _Optional[str] = ..., rejected_sample_id: _Optional[str] = ..., weight: _Optional[float] = ..., agreement: _Optional[float] = ..., votes: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[FeedbackKind, str]]] = ..., chosen_weight_version: _Optional[int] = ..., rejected_weight_version: _Optional[int] = ...) -> None: ...
+    template: str
+    def __init__(self, pair_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., chosen_text: _Optional[str] = ..., rejected_text: _Optional[str] = ..., chosen_sample_id: _Optional[str] = ..., rejected_sample_id: _Optional[str] = ..., weight: _Optional[float] = ..., agreement: _Optional[float] = ..., votes: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[FeedbackKind, str]]] = ..., chosen_weight_version: _Optional[int] = ..., rejected_weight_version: _Optional[int] = ..., template: _Optional[str] = ...) -> None: ...
 
 class ListPreferencesResponse(_message.Message):
     __slots__ = ("pairs", "next_cursor", "has_more", "report")
@@ -251,7 +253,7 @@ class ListRatingsRequest(_message.Message):
     def __init__(self, since_cursor: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class SampleRating(_message.Message):
-    __slots__ = ("sample_id", "prompt_text", "prompt_token_ids", "chat_template", "completion_text", "score", "weight", "ratings", "weight_version")
+    __slots__ = ("sample_id", "prompt_text", "prompt_token_ids", "chat_template", "completion_text", "score", "weight", "ratings", "weight_version", "template")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +263,7 @@ class SampleRating(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     RATINGS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     prompt_text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -270,7 +273,8 @@ class SampleRating(_message.Message):
     weight: float
     ratings: int
     weight_version: int
-    def __init__(self, sample_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., completion_text: _Optional[str] = ..., score: _Optional[float] = ..., weight: _Optional[float] = ..., ratings: _Optional[int] = ..., weight_version: _Optional[int] = ...) -> None: ...
+    template: str
+    def __init__(self, sample_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., completion_text: _Optional[str] = ..., score: _Optional[float] = ..., weight: _Optional[float] = ..., ratings: _Optional[int] = ..., weight_version: _Optional[int] = ..., template: _Optional[str] = ...) -> None: ...
 
 class ListRatingsResponse(_message.Message):
     __slots__ = ("ratings", "next_cursor", "has_more", "report")
@@ -285,17 +289,19 @@ class ListRatingsResponse(_message.Message):
     def __init__(self, ratings: _Optional[_Iterable[_Union[SampleRating, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: _Optional[bool] = ..., report: _Optional[_Union[FilterReport, _Mapping]] = ...) -> None: ...
 
 class ListPromptsRequest(_message.Message):
-    __slots__ = ("since_cursor", "limit", "tenant")
+    __slots__ = ("since_cursor", "limit", "tenant", "template")
     SINCE_CURSOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     since_cursor: int
     limit: int
     tenant: str
-    def __init__(self, since_cursor: _Optional[int] = ..., limit: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
+    template: str
+    def __init__(self, since_cursor: _Optional[int] = ..., limit: _Optional[int] = ..., tenant: _Optional[str] = ..., template: _Optional[str] = ...) -> None: ...
 
 class LivePrompt(_message.Message):
-    __slots__ = ("prompt_text", "prompt_token_ids", "chat_template", "tenant", "samples", "last_seen_unix", "latest_weight_version")
+    __slots__ = ("prompt_text", "prompt_token_ids", "chat_template", "tenant", "samples", "last_seen_unix", "latest_weight_version", "template")
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +309,7 @@ class LivePrompt(_message.Message):
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_UNIX_FIELD_NUMBER: _ClassVar[int]
     LATEST_WEIGHT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     prompt_text: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     chat_template: bool
@@ -310,7 +317,8 @@ class LivePrompt(_message.Message):
     samples: int
     last_seen_unix: float
     latest_weight_version: int
-    def __init__(self, prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., tenant: _Optional[str] = ..., samples: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., latest_weight_version: _Optional[int] = ...) -> None: ...
+    template: str
+    def __init__(self, prompt_text: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., chat_template: _Optional[bool] = ..., tenant: _Optional[str] = ..., samples: _Optional[int] = ..., last_seen_unix: _Optional[float] = ..., latest_weight_version: _Optional[int] = ..., template: _Optional[str] = ...) -> None: ...
 
 class ListPromptsResponse(_message.Message):
     __slots__ = ("prompts", "next_cursor", "has_more")

@@ -51,14 +51,18 @@ VERSION_ORIGIN_PUSH: VersionOrigin
 VERSION_ORIGIN_ROLLBACK: VersionOrigin
 
 class Prompt(_message.Message):
-    __slots__ = ("text", "token_ids", "apply_chat_template")
+    __slots__ = ("text", "token_ids", "apply_chat_template", "system", "template")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     APPLY_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     apply_chat_template: bool
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., apply_chat_template: _Optional[bool] = ...) -> None: ...
+    system: str
+    template: str
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., apply_chat_template: _Optional[bool] = ..., system: _Optional[str] = ..., template: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
