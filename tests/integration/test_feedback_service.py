@@ -13,6 +13,7 @@ from rlhf.v1 import feedback_pb2 as fb
 from rlhf.v1 import feedback_pb2_grpc
 from services.common.client import open_channel
 from services.common.security import ClientSecurity
+from services.experience import database
 from tests.integration.feedback_support import seed_samples, start_experience_service
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,7 @@ def test_duplicate_is_already_exists_and_rate_limit_is_resource_exhausted(servic
     stats = stub.GetStats(fb.GetStatsRequest())
     rejected = {r.reason: r.count for r in stats.rejected}
     assert rejected["already_exists"] >= 1 and rejected["rate_limited"] >= 1
-    assert stats.samples == 9 and stats.schema_revision == "0001"
+    assert stats.samples == 9 and stats.schema_revision == database.head_revision() == "0002"
     body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     assert 'rlhf_feedback_submissions_total{kind="rating",outcome="rate_limited"}' in body
 
