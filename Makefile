@@ -23,7 +23,7 @@ help:
 	@echo "make bench       every benchmark below, one JSON each in bench/results/ (baseline, candidate, ratio, machine; ~1.5 h on 2 cores)"
 	@echo "make bench-generation  tokens/s: policy service vs in-process vLLM vs HF generate (bench/results/generation.json)"
 	@echo "make bench-push  push seconds and GB/s: gRPC push vs disk write + reload, SmolLM2 and ~1B bf16 (bench/results/push.json)"
-	@echo "make bench-step  training step time split, sync vs async rollouts (bench/results/step.json)"
+	@echo "make bench-step  training step time split: sync vs async vs colocated baseline (bench/results/step.json)"
 	@echo "make bench-scaling  generation tokens/s and push time, 1 vs 2 policy replicas (bench/results/scaling.json)"
 	@echo "make bench-reward  reward service throughput/latency, batching on vs off (writes bench/results/reward.json)"
 	@echo "make bench-load  load sweep of the policy and reward services (writes bench/results/load.json, load.png)"

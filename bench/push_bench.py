@@ -63,12 +63,14 @@ def synthetic_llama(path: Path, params: float) -> Path:
 
 
 def load_tensors(model_dir: Path) -> list:
+    """The checkpoint's tensors in this process's memory, as a trainer holds its parameters (a tensor safetensors
+    maps from the file would fault its pages in from the page cache during the first timed push)."""
     from safetensors import safe_open
 
     out = []
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
-            out.extend((name, handle.get_tensor(name)) for name in handle.keys())
+            out.extend((name, handle.get_tensor(name).clone()) for name in handle.keys())
     return out
 
 
@@ -153,11 +155,13 @@ def grpc_push(
     log: Path,
     partial: list | None = None,
     extras: dict | None = None,
+    gap_s: float = 0.0,
 ) -> tuple[list[float], list[float]]:
     from rlhf.v1 import policy_pb2, policy_pb2_grpc
     from services.common.client import open_channel
     from services.common.shared_segment import SegmentWriter, host_id, segment_requests
     from services.common.weight_stream import push_requests
+    from services.policy.config import PolicyConfig
 
     port = free_port()
     args = [
@@ -195,18 +199,25 @@ def grpc_push(
                 shared, write, receive = [], [], []
                 writer = SegmentWriter()  # as PolicyReplica does: one segment, rewritten by every push
                 try:
-                    # one push not timed, as bench-step leaves out its first step: a running loop's segment and
-                    # the server's spare staging file already exist
-                    stub.PushWeights(
-                        segment_requests(writer.write(tensors), tensors, note="bench shm warm-up"), timeout=1800
-                    )
+                    # pushes not timed, as bench-step leaves out its first step: in a running loop the segment
+                    # and the server's staged files all hold a full model's pages. The LoRA pushes above left
+                    # smaller files in the server's rotation (the current version, keep_versions earlier ones and
+                    # the spare), so push until every file in it is a full push's.
+                    for i in range(PolicyConfig().keep_versions + 2):
+                        stub.PushWeights(
+                            segment_requests(writer.write(tensors), tensors, note=f"bench shm warm-up {i}"),
+                            timeout=1800,
+                        )
+                        writer.settle()
                     for i in range(repeats):
+                        time.sleep(gap_s)  # as in a training step, the push follows seconds of training
                         started = time.perf_counter()
                         segment = writer.write(tensors)  # counted: the trainer's one write of the bytes
                         written = time.perf_counter()
                         reply = stub.PushWeights(
                             segment_requests(segment, tensors, note=f"bench shm {i}"), timeout=1800
                         )
+                        writer.settle()  # as PolicyReplica does after each push
                         shared.append(time.perf_counter() - started)
                         write.append(written - started)
                         receive.append(reply.receive_seconds)
@@ -222,7 +233,13 @@ def grpc_push(
 
 
 def disk_reload(
-    model_dir: Path, tensors: list, dtype: str, repeats: int, partial: list | None = None, extras: dict | None = None
+    model_dir: Path,
+    tensors: list,
+    dtype: str,
+    repeats: int,
+    partial: list | None = None,
+    extras: dict | None = None,
+    gap_s: float = 0.0,
 ) -> tuple[list[float], list[float]]:
     from safetensors.torch import save_file
 
@@ -251,6 +268,7 @@ def disk_reload(
                 save_file(dict(tensors), str(path))
                 reload = []
                 for _ in range(repeats):
+                    time.sleep(gap_s)  # the same pause before each as the same-host pushes
                     started = time.perf_counter()
                     loop.run_until_complete(engine.load_weights(str(path)))
                     reload.append(time.perf_counter() - started)
@@ -261,7 +279,7 @@ def disk_reload(
     return seconds["full"], seconds["partial"]
 
 
-def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bool = False) -> dict:
+def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bool = False, gap_s: float = 0.0) -> dict:
     tensors = load_tensors(model_dir)
     partial = lora_subset(tensors) if with_lora else None
     total = sum(t.numel() * t.element_size() for _, t in tensors)
@@ -269,11 +287,11 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
     print(f"[push] {label}: {params / 1e6:.0f} M params, {total / 1e9:.2f} GB ({dtype})", flush=True)
     extras: dict | None = {} if with_lora else None
     pushes, partial_pushes = grpc_push(
-        model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial, extras
+        model_dir, tensors, dtype, repeats, RESULTS / "logs" / f"push-{label}.log", partial, extras, gap_s
     )
     candidate = statistics.median(pushes)
     print(f"[push] {label}: gRPC push {candidate:.2f} s ({total / candidate / 1e9:.2f} GB/s)", flush=True)
-    reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial, extras)
+    reloads, partial_reloads = disk_reload(model_dir, tensors, dtype, repeats, partial, extras, gap_s)
     baseline = statistics.median(reloads)
     print(f"[push] {label}: disk write+reload {baseline:.2f} s ({total / baseline / 1e9:.2f} GB/s)", flush=True)
     lora = None
@@ -295,14 +313,17 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
     if extras:
         shared, alone = statistics.median(extras["shared"]), statistics.median(extras["reload_alone"])
         same_host = {
-            "what": "same-host push after one untimed warm-up push: the trainer's segment in /dev/shm rewritten "
-            "(counted), manifest + XXH3 checksum over gRPC, the server copies it over its spare staging file (or takes "
-            "the file when it has none), verifies and loads it; vs the in-place reload of the same file alone",
+            "what": f"same-host push after untimed warm-up pushes (until every staged file holds a full push), each "
+            f"after a {gap_s:g} s pause as a step's "
+            "push follows its training: the trainer's segment in /dev/shm rewritten (counted), manifest + XXH3 "
+            "checksum over gRPC, the server moves the segment into staging (handing its spare file back to the "
+            "trainer), verifies and loads it; vs the in-place reload of the same file alone, after the same pause",
+            "gap_s": gap_s,
             "seconds": round(shared, 3),
             "seconds_all": [round(x, 3) for x in extras["shared"]],
             "trainer_write_seconds": round(statistics.median(extras["shared_write"]), 3),
             "trainer_write_all": [round(x, 3) for x in extras["shared_write"]],
-            "server_copy_and_verify_seconds": round(statistics.median(extras["shared_verify"]), 3),
+            "server_take_and_verify_seconds": round(statistics.median(extras["shared_verify"]), 3),
             "gb_per_s": round(total / shared / 1e9, 3),
             "reload_alone_seconds": round(alone, 3),
             "reload_alone_all": [round(x, 3) for x in extras["reload_alone"]],
@@ -343,12 +364,19 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic-params", type=float, default=1e9, help="size of the synthetic model (0 skips it)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed pushes per case and path (median reported)")
+    parser.add_argument(
+        "--gap-s",
+        type=float,
+        default=3.0,
+        help="pause before each timed same-host push and reload-alone (a step's push follows seconds of training; "
+        "back to back, each push would queue behind the last one's file freeing and vLLM's 1 s busy-poll)",
+    )
     parser.add_argument(
         "--result-name", default="push", help="bench/results/<name>.json (push-smollm2 for a --synthetic-params 0 run)"
     )
     args = parser.parse_args()
-    cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats, with_lora=True)]
+    cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats, with_lora=True, gap_s=args.gap_s)]
     if args.synthetic_params > 0:
         synthetic = synthetic_llama(
             RESULTS / "models" / f"synthetic-{args.synthetic_params:.0e}", args.synthetic_params

@@ -77,8 +77,7 @@ class LocalRates:
     decode_per_sequence_s: float  # per decode step, per sequence in the batch
     first_token_s: float
     reward: ServiceCosts  # the reward service's forward and per-request costs, batching as bench-reward runs it
-    reward_step_forward_s: float  # the forward of one score call of the step's shape
-    reward_step_service_s: float  # that call's service latency besides its forward (gRPC, the batcher's wait)
+    reward_step_call_s: float  # one Score call of the step's shape through the reward service, at the client
     reward_step_items: int
     trainer_tokens_per_s: float
     step_sequence_tokens: float
@@ -88,10 +87,10 @@ class LocalRates:
         return self.first_token_s + tokens * (self.decode_fixed_s + self.decode_per_sequence_s * sequences)
 
     def score_s(self, pairs: int) -> float:
-        """The step's one Score call on an otherwise idle service: its service latency plus its forward."""
+        """The step's one Score call on an otherwise idle service, as measured through it."""
         if pairs != self.reward_step_items:
             raise ValueError(f"the step batch was measured with {self.reward_step_items} pairs, not {pairs}")
-        return self.reward_step_service_s + self.reward_step_forward_s
+        return self.reward_step_call_s
 
 
 def _batching(reward: dict) -> dict[str, float]:
@@ -129,7 +128,7 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
     per_step_batch = (batch_s - first) / batch_tokens
     per_sequence = (per_step_batch - per_step_one) / (batch_sequences - 1)
     costs = _read(files["reward_costs_file"], results)
-    forward, service = costs["forward"], costs["service"]
+    service = costs["service"]
     settings = _batching(_read(files["reward_settings_file"], results))
     trainer = _read(files["trainer_file"], results)
     # The step's trainer and policy share this host, so its pushes take the same-host (shared-memory) path
@@ -140,10 +139,7 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
         decode_per_sequence_s=per_sequence,
         first_token_s=first,
         reward=service_costs(costs, settings),
-        # the step scores within the second after generating, while the policy's vLLM worker still busy-polls
-        reward_step_forward_s=costs["step_batch"]["beside_spinner_seconds_median"],
-        reward_step_service_s=service["latency_step_items_s"]
-        + service["step_items"] * forward["token_count_s_per_item"],
+        reward_step_call_s=service["step_call_seconds_median"],
         reward_step_items=service["step_items"],
         trainer_tokens_per_s=trainer["tokens_per_s"],
         step_sequence_tokens=trainer["shape"]["sequence_tokens_mean"],
@@ -208,7 +204,7 @@ def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Chec
     files = read_toml("local.toml", directory)["inputs"]
     used = {
         "generate": "load.json (1 request: TTFT, TPOT) + generation.json (32 x 64 tokens)",
-        "score": "capacity.reward.json (step-shaped forward + service latency of a 16-item request)",
+        "score": "capacity.reward.json (the step-shaped Score call through the reward service)",
         "train": "capacity.trainer.json (update tokens/s, no services)",
         "push": f"{files['push_file']} (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
         "step": "the four phases above",

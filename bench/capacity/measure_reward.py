@@ -10,14 +10,22 @@ Neither predicted benchmark is run or read here. Three parts, each a component:
    per_batch_s + per_pair_s x size is fitted to these timings (least squares over the sizes): the
    per-batch overhead and the per-pair cost.
 2. step batch: the same model on one score call of the step's shape (the trainer's prompts file, 4
-   prompts x 4 samples, completions cut to the step's `max_tokens` policy tokens, each prompt's
-   reference). Every round brings texts not seen before, as every step does. Timed alone and beside
-   a process that spins as vLLM's worker does for a second after each generation (the step scores
-   in that second).
-3. service: the real reward server with bench-step's settings, hosting a `rules` model (its scoring
-   costs microseconds, so what is timed is the service itself): one client's latency for a request of
-   1 and of 16 items (gRPC, validation, the batcher's wait, replies), and, with 16 clients, CPU seconds
-   per request of server and client together (what competes with a forward for the cores).
+   prompts x 4 samples, completions of exactly the step's `max_tokens` policy tokens, each prompt's
+   reference). Every round brings texts not seen before, as every step does. In-process: the forward.
+3. service: the real reward server with bench-step's settings and models (bench/step_bench.py REWARDS),
+   client in this process:
+   - the step's Score call: the step-shaped batches above sent to the `similarity` model, one call at
+     a time, new texts each round; what the step's score phase is predicted from;
+   - the service alone, on the `rules` model (its scoring costs microseconds): one client's latency
+     for a request of 1 and of 16 items (gRPC, validation, the batcher's wait, replies), and, with 16
+     clients, CPU seconds per request of server and client together (what competes with a forward
+     for the cores).
+
+Why the step's call is timed through the server, not as forward + latency: the two measured 0.20 s
+and 0.01 s here while the step's score phase took 0.29-0.45 s. An earlier version timed the forward
+beside a process that spins as vLLM's worker does for 1 s after each generation (0.61 s), but on the
+real stack a Score call right after a Generate took no longer than one after a 2 s pause (0.23 s and
+0.27 s, medians of 6).
 
 Writes bench/results/capacity.reward.json.
 """
@@ -28,7 +36,6 @@ import argparse
 import asyncio
 import json
 import logging
-import multiprocessing
 import os
 import statistics
 import tempfile
@@ -40,6 +47,7 @@ import torch
 
 from bench.machine import RESULTS, machine
 from bench.reward_bench import workload
+from bench.step_bench import REWARDS as STEP_REWARDS
 from rlhf.v1 import reward_pb2, reward_pb2_grpc
 from services.common.client import open_aio_channel
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
@@ -52,13 +60,6 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = RESULTS / "capacity.reward.json"
 SIZES = (1, 2, 4, 8, 16, 32)
 STEP_PROMPTS, STEP_SAMPLES = 4, 4  # TrainerConfig defaults: the shape of one step's Score call
-RULES_TOML = """\
-[[models]]
-name = "rules"
-kind = "rules"
-target_words = 30
-required_words = ["book"]
-"""
 
 
 def bench_workload() -> list[RewardItem]:
@@ -78,7 +79,16 @@ def step_batches(max_tokens: int, rounds: int) -> list[list[RewardItem]]:
     for line in (ROOT / "data" / "preferences.jsonl").read_text().splitlines():
         record = json.loads(line)
         texts += [record["chosen"], record["rejected"]]
-    cut = [policy.decode(policy(t, add_special_tokens=False)["input_ids"][:max_tokens]) for t in texts]
+    # The step's samples run to max_tokens (finish reason "length"), and most preference texts are shorter: each
+    # completion is consecutive texts' tokens up to exactly max_tokens, as long as a step's sample (cutting single
+    # texts gave batches a third cheaper to score than the step's own samples).
+    tokens = [policy(t, add_special_tokens=False)["input_ids"] for t in texts]
+    cut, pending = [], []
+    for ids in tokens:
+        pending += ids
+        if len(pending) >= max_tokens:
+            cut.append(policy.decode(pending[:max_tokens]))
+            pending = []
     batches, used = [], 0
     for index in range(rounds):
         batch = []
@@ -130,14 +140,6 @@ def measure_forward(repeats: int) -> dict:
     }
 
 
-def _yield_spinner(seconds: float) -> None:
-    """What a vLLM worker does for `busy_loop_s` (1 s) after its last step (shm_broadcast.SpinCondition.wait):
-    poll, yield the CPU, poll again."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        os.sched_yield()
-
-
 def _timed_scores(model, batches: list[list[RewardItem]]) -> list[float]:
     seconds = []
     for batch in batches:
@@ -147,41 +149,17 @@ def _timed_scores(model, batches: list[list[RewardItem]]) -> list[float]:
     return seconds
 
 
-def measure_step_batch(model, max_tokens: int, rounds: int) -> dict:
-    """The step-shaped call alone, and beside a process that spins as vLLM's idle workers do.
-
-    The step scores right after generating, and the policy's worker keeps busy-polling its
-    shared-memory queue for a second after its last step, so the step's Score call shares the
-    cores with that spinner: the second timing is the one the step sees.
-    """
-    batches = step_batches(max_tokens, 2 * rounds + 1)
-    model.score(batches[0])  # warm-up, left out
-    seconds = _timed_scores(model, batches[1 : rounds + 1])
-    context = multiprocessing.get_context("spawn")
-    spinner = context.Process(target=_yield_spinner, args=(600.0,), daemon=True)
-    spinner.start()
-    try:
-        time.sleep(0.5)  # the spinner is running
-        beside = _timed_scores(model, batches[rounds + 1 :])
-    finally:
-        spinner.terminate()
-        spinner.join(10)
-    log.info(
-        "step batch (%d items): %.1f ms median alone, %.1f ms beside an idle vLLM worker's spinner",
-        len(batches[1]),
-        statistics.median(seconds) * 1000,
-        statistics.median(beside) * 1000,
-    )
+def measure_step_batch(model, batches: list[list[RewardItem]]) -> dict:
+    """The step-shaped call in-process (the forward alone); the first batch warms up and is left out."""
+    model.score(batches[0])
+    seconds = _timed_scores(model, batches[1:])
+    log.info("step batch (%d items): %.1f ms median in-process", len(batches[1]), statistics.median(seconds) * 1000)
     return {
         "what": f"one score call of the step's shape: {STEP_PROMPTS} prompts x {STEP_SAMPLES} samples, completions "
-        f"cut to {max_tokens} SmolLM2 tokens, new texts each round, in-process",
+        "of the step's max_tokens SmolLM2 tokens, new texts each round, in-process",
         "items": len(batches[1]),
-        "seconds": [round(s, 4) for s in seconds],
+        "seconds": [round(x, 4) for x in seconds],
         "seconds_median": round(statistics.median(seconds), 5),
-        "beside_spinner_what": "the same calls while another process polls and sched_yield()s, as a vLLM worker does "
-        "for 1 s after its last step (vllm/distributed/device_communicators/shm_broadcast.py, busy_loop_s)",
-        "beside_spinner_seconds": [round(s, 4) for s in beside],
-        "beside_spinner_seconds_median": round(statistics.median(beside), 5),
     }
 
 
@@ -190,14 +168,20 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _service_levels(address: str, server_pid: int, requests: int, step_items: list[RewardItem]) -> dict:
+async def _service_levels(address: str, server_pid: int, requests: int, step_batches: list[list[RewardItem]]) -> dict:
 
     def message(item: RewardItem) -> reward_pb2.ScoreItem:
         return reward_pb2.ScoreItem(prompt=item.prompt, completion=item.completion, reference=item.reference)
 
-    one, sixteen = [message(step_items[0])], [message(i) for i in step_items]
+    one, sixteen = [message(step_batches[0][0])], [message(i) for i in step_batches[0]]
     async with open_aio_channel(address) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
+        step_calls = []
+        for batch in step_batches:  # the first warms the model up and is left out
+            started = time.perf_counter()
+            await stub.Score(reward_pb2.ScoreRequest(model="similarity", items=[message(i) for i in batch]), timeout=60)
+            step_calls.append(time.perf_counter() - started)
+        step_calls = step_calls[1:]
 
         async def latency(items, count: int) -> float:
             times = []
@@ -223,6 +207,10 @@ async def _service_levels(address: str, server_pid: int, requests: int, step_ite
         wall = time.perf_counter() - started
         server_cpu, client_cpu = _cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
     return {
+        "step_call_what": "the step's Score call: step-shaped batches (new texts each round) to the similarity model, "
+        "one at a time, timed at the client",
+        "step_call_seconds": [round(x, 4) for x in step_calls],
+        "step_call_seconds_median": round(statistics.median(step_calls), 5),
         "latency_1_item_s": round(single, 5),
         "latency_step_items_s": round(step, 5),
         "step_items": len(sixteen),
@@ -235,10 +223,10 @@ async def _service_levels(address: str, server_pid: int, requests: int, step_ite
     }
 
 
-def measure_service(requests: int, step_items: list[RewardItem]) -> dict:
+def measure_service(requests: int, step_batches: list[list[RewardItem]]) -> dict:
     with tempfile.TemporaryDirectory(prefix="capacity-reward-") as tmp:
         models = Path(tmp) / "models.toml"
-        models.write_text(RULES_TOML)
+        models.write_text(STEP_REWARDS)
         port = free_port()
         address = f"127.0.0.1:{port}"
         args = ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(free_port()),
@@ -246,11 +234,15 @@ def measure_service(requests: int, step_items: list[RewardItem]) -> dict:
         server = ServerProcess("services.reward", args, Path(tmp) / "reward.log", env={"HF_HUB_OFFLINE": "1"})
         server.start(address, 300)
         try:
-            result = asyncio.run(_service_levels(address, server.process.pid, requests, step_items))
+            result = asyncio.run(_service_levels(address, server.process.pid, requests, step_batches))
         finally:
             server.stop()
-    log.info("service (rules model): %s", result)
-    return {"what": "reward server (bench-step's settings) hosting a rules model; client in this process", **result}
+    log.info("service: %s", result)
+    return {
+        "what": "reward server with bench-step's settings and models (similarity for the step's call, rules for the "
+        "service alone); client in this process",
+        **result,
+    }
 
 
 def main() -> None:
@@ -265,10 +257,10 @@ def main() -> None:
     load_start = os.getloadavg()
     forward = measure_forward(args.repeats)
     model = forward.pop("_model")
-    step = measure_step_batch(model, args.max_tokens, args.step_rounds)
-    step_items = step_batches(args.max_tokens, 1)[0]
+    batches = step_batches(args.max_tokens, 2 * (args.step_rounds + 1))
+    step = measure_step_batch(model, batches[: args.step_rounds + 1])
     del model
-    service = measure_service(args.requests, step_items)
+    service = measure_service(args.requests, batches[args.step_rounds + 1 :])
     result = {
         "benchmark": "capacity.reward",
         "command": "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward",

@@ -151,16 +151,28 @@ class PolicyReplica:
         self, items: list, expected_version: int | None, note: str, version: int | None, push_id: str
     ) -> policy_pb2.PushWeightsResponse | None:
         """A same-host push through a shared-memory segment; None when the server refused the segment untouched."""
+        started = time.perf_counter()
         try:
             segment = self.segment.write(items)
         except OSError as exc:  # no room or no access in /dev/shm: the stream still works
             log.warning("%s: cannot write a shared-memory segment (%s); streaming the tensors instead", self.name, exc)
             self.shared_memory = False
             return None
+        written = time.perf_counter()
         try:
-            return self.stub.PushWeights(
+            reply = self.stub.PushWeights(
                 segment_requests(segment, items, expected_version, note, version, push_id), timeout=self.timeout_s
             )
+            self.segment.settle()  # adopt the file the policy handed back (or let go of the one it took)
+            log.info(
+                "%s: same-host push %.2f s (segment written in %.2f s; server received %.2f s, applied %.2f s)",
+                self.name,
+                time.perf_counter() - started,
+                written - started,
+                reply.receive_seconds,
+                reply.apply_seconds,
+            )
+            return reply
         except grpc.RpcError as exc:
             # Refused as a same-host push (another host, permissions, off): stream instead from now on.
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or STREAM_INSTEAD not in exc.details():

@@ -13,15 +13,18 @@ checksum over the staged bytes, the ones it will load: a segment changed after
 its checksum was taken is DATA_LOSS and nothing is applied.
 
 Pages tmpfs already holds are several times cheaper to write than fresh ones
-(first-touch faults: 538 MB take about 0.4 s fresh here), so both sides reuse
-theirs: the sender rewrites one segment (`SegmentWriter`), and a receiver with a
-spare staging file (a push no retained version needs) copies the segment over it
-in the kernel, leaving the segment to the sender. A receiver without a spare
-moves the segment file itself into staging (no copy at all); the sender then
-writes a new one. The sender must not rewrite its segment while a push of it is
-in flight (PolicyReplica pushes one at a time). A process of the same user can
-change either file at any time, but such a process can also write the policy's
-memory: the check is for integrity, as the stream's is.
+(first-touch faults: 538 MB take about 0.4 s fresh here), and a copy of a model
+costs as much again, so the two sides trade files instead of copying bytes: the
+receiver moves the segment itself into staging (a rename, no copy) and, when it
+has a spare staging file (a retired push no retained version needs), links that
+file at the segment's path. The sender (`SegmentWriter`) then adopts the file it
+finds at its path and rewrites its already-touched pages next time. Pages thus
+circulate sender -> staged version -> spare -> sender without being copied. A
+segment on another file system than staging is copied in the kernel instead. The
+sender must not rewrite its segment while a push of it is in flight
+(PolicyReplica pushes one at a time). A process of the same user can change
+either file at any time, but such a process can also write the policy's memory:
+the check is for integrity, as the stream's is.
 """
 
 from __future__ import annotations
@@ -139,26 +142,54 @@ class SegmentWriter:
         return Segment(self.path, digest.digest(), algorithm.name)
 
     def _open(self) -> int:
-        """The held segment's descriptor, or a new segment's when the last one was taken or tampered with."""
-        if self._held is not None:
-            try:
-                info, now = os.fstat(self._held), os.stat(self.path, follow_symlinks=False)
-                unchanged = (info.st_dev, info.st_ino) == (now.st_dev, now.st_ino)
-                if unchanged and stat.S_ISREG(now.st_mode) and now.st_uid == os.geteuid() and not now.st_mode & 0o077:
-                    return self._held
-                log.warning("shared-memory segment %s changed owner, mode or file; writing a new one", self.path)
-                if unchanged:
-                    self.path.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass  # a receiver without a spare took it: normal
-            self._release()
-        else:
+        """The segment's descriptor: the held one, the file a receiver handed back at the same path, or a new one."""
+        if self._held is not None and self.settle():
+            return self._held
+        if self._held is None and self.path is None:
             remove_abandoned_segments(self.directory)
+        self._release()
         self.path = self.directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._held = fd
         return fd
+
+    def settle(self) -> bool:
+        """After a push: keeps holding the segment, or adopts the file the receiver left at its path; False when
+        there is no usable file there (the next write makes a new one).
+
+        Called right after each push, so the writer neither pins a file the receiver took (an open descriptor
+        keeps an unlinked tmpfs file in RAM) nor leaves a handed-back file unlocked for long.
+        """
+        if self._held is None or self.path is None:
+            return False
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:  # taken by a receiver without a spare: normal
+            self._release()
+            return False
+        if _same_file(os.fstat(self._held), now):
+            if _private(now):
+                return True
+            log.warning("shared-memory segment %s changed owner or mode; writing a new one", self.path)
+            self.path.unlink(missing_ok=True)
+            self._release()
+            return False
+        self._release()  # the receiver took our file and handed back its spare
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        if not (_same_file(os.fstat(fd), now) and _private(now)):
+            os.close(fd)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # someone else holds it: not ours to rewrite
+            os.close(fd)
+            return False
+        self._held = fd
+        return True
 
     def _release(self) -> None:
         if self._held is not None:
@@ -169,8 +200,7 @@ class SegmentWriter:
         """Removes the segment (the next write makes a new one)."""
         if self.path is not None and self._held is not None:
             try:
-                now, info = os.stat(self.path, follow_symlinks=False), os.fstat(self._held)
-                if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino):
+                if _same_file(os.stat(self.path, follow_symlinks=False), os.fstat(self._held)):
                     self.path.unlink()
             except FileNotFoundError:
                 pass
@@ -244,9 +274,9 @@ def take_segment(
 ) -> StagedPush:
     """Receiver half: refuses a foreign or unsafe segment unread, else stages it and verifies what it staged.
 
-    With `reuse` (a staged file no version needs: its pages are already in tmpfs) the segment is copied over
-    it and stays the sender's to rewrite; without, the segment file itself is moved into `staging` (no
-    copy; the sender writes a new one next time), or copied when it lies on another file system.
+    The segment file itself is moved into `staging` (no copy), and `reuse` (a staged file no version needs:
+    its pages are already in tmpfs) is handed back at the segment's path for the sender to rewrite. A segment
+    on another file system is copied instead, over `reuse` when there is one.
     """
     local = host_id()
     if not local or segment.host_id != local:
@@ -266,7 +296,9 @@ def take_segment(
     try:
         info = os.fstat(fd)
         _check_private(source, info)
-        if reuse is None and _moved(source, staged, info):
+        if _moved(source, staged, info):
+            if reuse is not None:
+                _hand_back(reuse, source)
             names, total, digest = _verify(fd, info.st_size, header, manifest, fused_groups)
         else:
             if reuse is not None:
@@ -299,10 +331,31 @@ def _moved(source: Path, staged: Path, info: os.stat_result) -> bool:
             f"shared-memory segment {source} cannot be moved into the staging directory ({exc.strerror}); "
             + STREAM_INSTEAD
         ) from None
-    moved = os.stat(staged, follow_symlinks=False)
-    if (moved.st_dev, moved.st_ino) != (info.st_dev, info.st_ino):
+    if not _same_file(os.stat(staged, follow_symlinks=False), info):
         raise DataLoss(f"shared-memory segment {source} was replaced while being taken; nothing was applied")
     return True
+
+
+def _hand_back(spare: Path, path: Path) -> None:
+    """Links the receiver's spare staging file at the sender's segment path, so the sender's next write reuses
+    pages tmpfs already holds; skipped (the spare freed) when a file is there already or the two lie apart."""
+    try:
+        os.chmod(spare, 0o600)
+        os.link(spare, path)  # never replaces a file that appeared at the path meanwhile
+        os.utime(path)  # young: another writer's sweep leaves it to the sender, which adopts and locks it
+    except OSError as exc:
+        log.info("spare staging file %s not handed back to the sender at %s (%s)", spare, path, exc.strerror)
+    finally:
+        spare.unlink(missing_ok=True)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _private(info: os.stat_result) -> bool:
+    """A regular file of this user that nobody else may read or write (mode 600)."""
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o077
 
 
 def _copy(source: int, size: int, target: int, chunk: int = 64 << 20) -> None:
@@ -330,7 +383,7 @@ def _copy(source: int, size: int, target: int, chunk: int = 64 << 20) -> None:
 def _check_private(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise FailedPrecondition(f"shared-memory segment {path} is not a regular file; {STREAM_INSTEAD}")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+    if not _private(info):
         raise FailedPrecondition(
             f"shared-memory segment {path} has owner uid {info.st_uid} and mode {stat.S_IMODE(info.st_mode):o}; "
             f"it must belong to this server's user (uid {os.geteuid()}) with mode 600 (readable by it only); "

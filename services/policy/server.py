@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from rlhf.v1 import common_pb2, policy_pb2, policy_pb2_grpc
+from rlhf.v1 import policy_pb2, policy_pb2_grpc
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.weight_stream import checksum_named
 from services.policy import metrics
 from services.policy.engine import SampleDelta, VllmEngine
+from services.policy.generate_reply import FINISH_REASONS, generate_reply
 from services.policy.nccl_push import check_init
 from services.policy.prompt_tokens import PromptEncoder
 from services.policy.recording import SampleIds, Traffic
@@ -36,12 +37,6 @@ from services.policy.weight_history import RetainedVersion
 from services.policy.weights import PushResult, WeightManager
 
 log = logging.getLogger(__name__)
-
-FINISH_REASONS = {
-    "stop": common_pb2.FINISH_REASON_STOP,
-    "length": common_pb2.FINISH_REASON_LENGTH,
-    "abort": common_pb2.FINISH_REASON_ABORTED,
-}
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
@@ -129,20 +124,6 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             metrics.REQUESTS_RUNNING.dec()
             self.weights.in_flight.discard(engine_id)
 
-    async def _collect_sample(
-        self, tag: str, prompt_ids: list[int], spec: SamplingSpec, index: int, version: int, prompt_index: int = 0
-    ):
-        sample = policy_pb2.Sample(index=index, weight_version=version)
-        text = []
-        async for delta in self._stream_sample(tag, prompt_ids, spec, index, prompt_index):
-            sample.token_ids.extend(delta.token_ids)
-            sample.logprobs.extend(delta.logprobs)
-            text.append(delta.text)
-            if delta.finish_reason is not None:
-                sample.finish_reason = FINISH_REASONS.get(delta.finish_reason, common_pb2.FINISH_REASON_UNSPECIFIED)
-        sample.text = "".join(text)
-        return sample
-
     async def Generate(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         self.weights.check_serving()
         spec, prompts = self._validate(request)
@@ -156,16 +137,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         async with self.weights.gate.lease() as version:
             metrics.REQUESTS_WAITING.dec()
             self.weights.check_serving()
-            jobs = [
-                [self._collect_sample(tag, ids, spec, i, version, p) for i in range(spec.n)]
-                for p, ids in enumerate(prompts)
-            ]
-            samples = await asyncio.gather(*[job for group in jobs for job in group])
-        response = policy_pb2.GenerateResponse()
-        for p, ids in enumerate(prompts):
-            result = response.results.add(prompt_token_ids=ids)
-            result.samples.extend(samples[p * spec.n : (p + 1) * spec.n])
-        return response
+            return await generate_reply(
+                lambda ids, i, p: self._stream_sample(tag, ids, spec, i, p), prompts, spec.n, version
+            )
 
     async def GenerateStream(self, request: policy_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         self.weights.check_serving()

@@ -41,7 +41,14 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, config: TrainerConfig) -> None:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        policy_client: PolicyClient | None = None,
+        reward_client: RewardClient | None = None,
+    ) -> None:
+        """`policy_client`, `reward_client`: stand-ins with the clients' surface (the step benchmark's in-process
+        policy and reward models, bench/colocated.py); None: clients of config.endpoints."""
         from transformers import AutoConfig, AutoTokenizer
 
         self.config = config
@@ -58,8 +65,8 @@ class Trainer:
         self.kl, self.rewards = self.update.kl, self.update.rewards
         self.sampler = self.data.sampler
         calls = (config.endpoints.rpc_timeout_s, config.endpoints.rpc_retries, config.endpoints.replica_wait_s)
-        self.policy_client = PolicyClient(config.endpoints.policy, *calls)
-        self.reward_client = RewardClient(config.endpoints.reward, *calls)
+        self.policy_client = policy_client or PolicyClient(config.endpoints.policy, *calls)
+        self.reward_client = reward_client or RewardClient(config.endpoints.reward, *calls)
         self.reward_client.models = self.data.reward_models(config)
         # a replica that missed pushes is caught up with every tensor of the current weights
         self.policy_client.full_weights = lambda: self.learner.push_tensors(None, torch_dtype(config.push.dtype))

@@ -244,7 +244,7 @@ def test_same_host_push_applies_and_its_faults_leave_the_old_version(stub, hf_mo
     segment = fresh()
     reply = stub.PushWeights(segment_requests(segment, params, expected_version=v0, push_id="same-host"), timeout=60)
     assert (reply.weight_version, reply.push_id, reply.digest) == (v0 + 1, "same-host", segment.digest)
-    segment.path.unlink(missing_ok=True)  # moved into staging, or copied over a spare: then the sender's to remove
+    segment.path.unlink(missing_ok=True)  # moved into staging; at its path now: the spare handed back, or nothing
     assert list(greedy(stub).token_ids) != tokens, "the same-host push did not change the output"
 
 

@@ -107,9 +107,7 @@ def _perturbed(tmp_path, name: str, change) -> Path:
         ("capacity.trainer.json", lambda d: d.update(tokens_per_s=d["tokens_per_s"] * 1.5), "step.train"),
         (
             "capacity.reward.json",
-            lambda d: d["step_batch"].update(
-                beside_spinner_seconds_median=d["step_batch"]["beside_spinner_seconds_median"] * 3
-            ),
+            lambda d: d["service"].update(step_call_seconds_median=d["service"]["step_call_seconds_median"] * 3),
             "step.score",
         ),
         (

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from services.common import shared_segment
 from services.common.errors import DataLoss, FailedPrecondition, InvalidArgument
 from services.common.shared_segment import (
     STREAM_INSTEAD,
@@ -58,36 +59,62 @@ def test_a_segment_is_copied_verified_and_hashed_like_the_stream(tmp_path):
         assert torch.equal(loaded[name], tensor)
 
 
-def test_the_sender_rewrites_one_segment_and_the_receiver_its_spare(tmp_path):
-    """Both files are reused push after push (touched pages), and a smaller push leaves no stale tail."""
+def test_the_receiver_takes_the_segment_and_hands_its_spare_back_to_the_sender(tmp_path):
+    """No bytes are copied on either side: the segment is moved into staging, the spare staging file (touched
+    pages) is linked at the segment's path, and the sender adopts and rewrites it; a smaller push leaves no
+    stale tail."""
     shm, staging = dirs(tmp_path)
     writer = SegmentWriter(shm)
     first = writer.write(TENSORS)
-    inode = first.path.stat().st_ino
+    first_inode = first.path.stat().st_ino
     spare = staging / "push-spare.safetensors"
     spare.write_bytes(b"\xff" * 4096)  # a retired push's file, longer than this push
+    os.chmod(spare, 0o640)
     spare_inode = spare.stat().st_ino
     staged = take(list(segment_requests(first, TENSORS)), staging, reuse=spare)
-    assert staged.path.stat().st_ino == spare_inode and first.path.exists()  # copied over the spare
+    assert staged.path.stat().st_ino == first_inode and not spare.exists()  # moved, not copied
     assert torch.equal(load_file(str(staged.path))["a.weight"], TENSORS[0][1])
+    handed = first.path.stat()
+    assert handed.st_ino == spare_inode and handed.st_mode & 0o777 == 0o600  # the spare, private, at the path
+    assert writer.settle()  # adopted
     smaller = [("a.weight", torch.full((3, 4), 7.0))]
     second = writer.write(smaller)
-    assert second.path == first.path and second.path.stat().st_ino == inode
+    assert second.path == first.path and second.path.stat().st_ino == spare_inode  # rewritten in place
+    assert second.path.stat().st_size < 4096
     again = take(list(segment_requests(second, smaller)), staging, {"a.weight": MANIFEST["a.weight"]}, staged.path)
-    assert again.path.stat().st_ino == spare_inode and not staged.path.exists()  # the spare's pages, renamed
-    assert again.path.stat().st_size == second.path.stat().st_size
+    assert again.path.stat().st_ino == spare_inode and second.path.stat().st_ino == first_inode  # traded back
     assert torch.equal(load_file(str(again.path))["a.weight"], torch.full((3, 4), 7.0))
-    assert second.path.exists()  # copied over the spare: the segment stays the sender's
+    assert writer.settle()
     os.chmod(second.path, 0o644)  # someone loosened it: the writer starts a new private segment
     third = writer.write(TENSORS)
     assert third.path != second.path and third.path.stat().st_mode & 0o777 == 0o600
     assert not second.path.exists()
     taken = take(list(segment_requests(third, TENSORS)), staging)  # no spare: moved, and the writer starts anew
     assert not third.path.exists() and taken.path.exists()
+    assert not writer.settle()  # nothing at its path: it lets go of the taken file
     fourth = writer.write(TENSORS)
     assert fourth.path != third.path and fourth.path.exists()
     writer.close()
     assert not fourth.path.exists()
+
+
+def test_a_spare_is_not_handed_back_over_a_file_already_at_the_path(tmp_path, monkeypatch):
+    shm, staging = dirs(tmp_path)
+    writer = SegmentWriter(shm)
+    segment = writer.write(TENSORS)
+    spare = staging / "push-spare.safetensors"
+    spare.write_bytes(b"\0" * 64)
+
+    def squat(source, staged, info, moved=shared_segment._moved):
+        taken = moved(source, staged, info)
+        source.write_bytes(b"someone else's")  # appears between the move and the hand-back
+        return taken
+
+    monkeypatch.setattr(shared_segment, "_moved", squat)
+    take(list(segment_requests(segment, TENSORS)), staging, reuse=spare)
+    assert segment.path.read_bytes() == b"someone else's" and not spare.exists()  # untouched; spare freed
+    assert not writer.settle()  # not a private file of the writer's: it is not adopted
+    writer.close()
 
 
 def test_a_writer_removes_segments_whose_writer_died_and_keeps_live_ones(tmp_path):
@@ -228,7 +255,7 @@ def test_the_client_takes_the_same_host_path_by_itself_and_streams_when_refused(
                 assert reply.weight_version == version
                 assert torch.equal(engine.weights[ATTN], torch.full((2, 2), float(version)))
             kept = replica.segment.path
-            assert kept.exists()  # copied over the policy's spare: the trainer's segment stays to be rewritten
+            assert kept.exists()  # the policy's spare, handed back: the trainer rewrites its pages
             replica.push(weights(5.0), version=5, note="rewritten in place")
             assert replica.segment.path == kept and torch.equal(engine.weights[ATTN], torch.full((2, 2), 5.0))
             replica.segment.close()  # what PolicyReplica.close does

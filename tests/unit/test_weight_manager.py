@@ -309,6 +309,7 @@ def test_the_spare_staging_file_is_the_largest_retired_one(tmp_path):
         await push(m, weights(5.0))  # full: retires version 2's full file and version 4's small one
         assert m._spare.stat().st_size == full
         retained = set(m.history.current.sources.values())
+        await m.freed()  # retired files are deleted in the background, after the reply
         assert set(m.staging.iterdir()) == retained | {m._spare}  # the small file was freed, nothing else left
 
     asyncio.run(scenario())
