@@ -44,7 +44,6 @@ from services.policy.generate_reply import generate_reply
 from services.policy.prompt_tokens import PromptEncoder
 from services.policy.recording import SampleIds
 from services.policy.sampling import Limits, check_token_ids, parse_sampling
-from services.reward.batcher import BatcherConfig
 from services.reward.config import RewardConfig
 from services.reward.hosting import ModelHost
 from services.reward.registry import parse_declarations
@@ -169,21 +168,9 @@ class ColocatedRewards:
         pass
 
 
-def policy_limits(config: PolicyConfig, vocab_size: int) -> Limits:
-    """The request limits the policy service derives from the same config."""
-    return Limits(
-        max_prompts=config.max_prompts_per_request,
-        max_samples=config.max_samples_per_prompt,
-        max_tokens=min(config.max_tokens, config.max_model_len - 1),
-        max_model_len=config.max_model_len,
-        vocab_size=vocab_size,
-    )
-
-
 async def _reward_host(rewards_toml: str, config: RewardConfig) -> ModelHost:
     """The reward models the models TOML declares, loaded as the reward service loads them at start-up."""
-    batching = BatcherConfig(config.max_batch_size, config.max_wait_ms, config.max_queue_items, config.max_batch_tokens)
-    host = ModelHost(batching, config.device, config.keep_previous_versions, config.drain_timeout_s)
+    host = ModelHost.from_config(config)
     await host.load(parse_declarations(tomllib.loads(rewards_toml), source="step benchmark rewards", base_dir=Path()))
     return host
 
@@ -205,7 +192,7 @@ def colocated(
         reward_config = RewardConfig()  # the reward service's defaults, as bench/stack.py starts it
         host = loop.call(_reward_host(rewards_toml, reward_config))
         log.info("colocated engine and reward models ready in %.1f s", time.perf_counter() - started)
-        limits = policy_limits(config, int(AutoConfig.from_pretrained(model_dir).vocab_size))
+        limits = Limits.from_config(config, int(AutoConfig.from_pretrained(model_dir).vocab_size))
         policy = ColocatedPolicy(engine, AutoTokenizer.from_pretrained(model_dir), limits, model_dir, loop, shm_dir)
         try:
             yield policy, ColocatedRewards(RewardServicer(reward_config, host), loop)

@@ -31,13 +31,7 @@ async def serve(config: PolicyConfig) -> None:
     model_dir = config.model or str(prepare_smollm2(Path(config.model_cache)))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model_config = AutoConfig.from_pretrained(model_dir)
-    limits = Limits(
-        max_prompts=config.max_prompts_per_request,
-        max_samples=config.max_samples_per_prompt,
-        max_tokens=min(config.max_tokens, config.max_model_len - 1),
-        max_model_len=config.max_model_len,
-        vocab_size=int(model_config.vocab_size),
-    )
+    limits = Limits.from_config(config, int(model_config.vocab_size))
     engine = VllmEngine(config, model_dir)
     experience = EmbeddedExperience.open(config, tokenizer)  # recording + FeedbackService when --experience-db is set
     staging = staging_dir(config.staging_dir)

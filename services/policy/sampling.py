@@ -8,10 +8,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rlhf.v1 import policy_pb2
 from services.common.errors import InvalidArgument, require
 from services.common.prompt_templates import NAME as TEMPLATE_NAME
+
+if TYPE_CHECKING:
+    from services.policy.config import PolicyConfig
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 MAX_STOP_STRINGS = 8
@@ -24,6 +28,17 @@ class Limits:
     max_tokens: int
     max_model_len: int
     vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig, vocab_size: int) -> Limits:
+        """The request limits a policy configured by `config` serves a model of `vocab_size` tokens with."""
+        return cls(
+            max_prompts=config.max_prompts_per_request,
+            max_samples=config.max_samples_per_prompt,
+            max_tokens=min(config.max_tokens, config.max_model_len - 1),
+            max_model_len=config.max_model_len,
+            vocab_size=vocab_size,
+        )
 
 
 @dataclass(frozen=True)

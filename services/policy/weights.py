@@ -251,7 +251,7 @@ class WeightManager:
                     await self.engine.load_weights(str(path))
                     version = self.gate.advance(header.note, header.version)
                 retained = True
-                await self._retire(
+                self._retire(
                     self.history.record_push(
                         version,
                         header.note,
@@ -264,7 +264,7 @@ class WeightManager:
                 )
             finally:
                 if not retained:
-                    await self._retire([path])
+                    self._retire([path])
         applied = time.perf_counter() - apply_started
         metrics.PUSH_SECONDS.labels("apply").observe(applied)
         metrics.PUSH_BYTES.inc(staged.total_bytes)
@@ -355,7 +355,7 @@ class WeightManager:
             metrics.PUSHES.labels("rejected").inc()
             raise
 
-    async def _retire(self, paths: list[Path]) -> None:
+    def _retire(self, paths: list[Path]) -> None:
         """Frees staged files no version needs, keeping the largest push file as the next push's pre-faulted
         staging area (a small partial push's file would leave a full push to fresh pages). The files are
         deleted in the background: freeing a model's tmpfs pages takes about 0.1 s per 538 MB here, which the

@@ -19,7 +19,6 @@ import sys
 from rlhf.v1 import reward_pb2_grpc
 from services.common.config import describe, load_config
 from services.common.server import Registration, run_server, setup_logging
-from services.reward.batcher import BatcherConfig
 from services.reward.config import RewardConfig
 from services.reward.hosting import ModelHost
 from services.reward.quotas import QuotasFileError, TenantLimits, TenantQuotas, load_overrides
@@ -79,8 +78,7 @@ def serve(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(config.torch_threads)
-    batching = BatcherConfig(config.max_batch_size, config.max_wait_ms, config.max_queue_items, config.max_batch_tokens)
-    host = ModelHost(batching, config.device, config.keep_previous_versions, config.drain_timeout_s)
+    host = ModelHost.from_config(config)
     servicer = RewardServicer(config, host, TenantQuotas(tenant_defaults, overrides))
 
     async def startup() -> None:

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -32,6 +33,9 @@ from services.reward.batcher import BatcherConfig, DynamicBatcher
 from services.reward.ensemble import EnsembleSpec, MemberRef
 from services.reward.normalization import RunningStats
 from services.reward.registry import Declarations, ModelSpec, build_model, build_models
+
+if TYPE_CHECKING:
+    from services.reward.config import RewardConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,14 @@ class ModelHost:
         # Loading reads weights for seconds: off the event loop, so health keeps answering.
         backends = await asyncio.to_thread(build_models, declarations.models, self.device)
         self.attach(backends, declarations.models, declarations.ensembles)
+
+    @classmethod
+    def from_config(cls, config: RewardConfig) -> ModelHost:
+        """The host a reward service configured by `config` runs its models in (batching, device, versions)."""
+        batching = BatcherConfig(
+            config.max_batch_size, config.max_wait_ms, config.max_queue_items, config.max_batch_tokens
+        )
+        return cls(batching, config.device, config.keep_previous_versions, config.drain_timeout_s)
 
     def attach(
         self,
