@@ -43,10 +43,10 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, result: dict) -> Path:
-    """Writes bench/results/<name>.json with the machine and a timestamp added."""
+def write_result(name: str, result: dict, path: Path | None = None) -> Path:
+    """Writes bench/results/<name>.json (or `path`) with the machine and a timestamp added."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}.json"
     payload = {"benchmark": name, "machine": machine(), "finished_unix": round(time.time(), 1), **result}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(describe(payload["machine"]), flush=True)

@@ -375,6 +375,9 @@ def main() -> None:
     parser.add_argument(
         "--result-name", default="push", help="bench/results/<name>.json (push-smollm2 for a --synthetic-params 0 run)"
     )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="Result file instead of bench/results/<result-name>.json."
+    )
     args = parser.parse_args()
     cases = [measure("smollm2-135m", prepare_smollm2(), "float32", args.repeats, with_lora=True, gap_s=args.gap_s)]
     if args.synthetic_params > 0:
@@ -391,6 +394,7 @@ def main() -> None:
             "ratio": cases[0]["ratio"],
             "ratio_meaning": "disk seconds / gRPC push seconds (>1: the push is faster)",
         },
+        args.output,
     )
     for case in cases:
         print(f"[push] {case['model']}: disk/gRPC = {case['ratio']:.2f}x")

@@ -162,6 +162,9 @@ def main() -> None:
         "bench/results/step.json). Fewer modes write bench/results/step-<modes>.json (e.g. step-colocated.json), "
         "so a partial run never replaces the full result.",
     )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="Result file instead of bench/results/step[-<modes>].json."
+    )
     args = parser.parse_args()
     model_dir = str(prepare_smollm2(DEFAULT_CACHE))
     runs: dict[str, dict] = {}
@@ -184,7 +187,7 @@ def main() -> None:
     result = summarize(runs)
     if exit_codes is not None:
         result["service_exit_codes"] = exit_codes
-    path = write_result("step" if args.modes == MODES else "-".join(("step", *args.modes)), result)
+    path = write_result("step" if args.modes == MODES else "-".join(("step", *args.modes)), result, args.output)
     if "ratio" in result:
         hidden = result["candidate"].get("hidden_generation_share")
         print(f"[step] sync/async = {result['ratio']}, hidden generation share {hidden}", flush=True)

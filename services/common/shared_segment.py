@@ -19,16 +19,19 @@ receiver moves the segment itself into staging (a rename, no copy) and, when it
 has a spare staging file (a retired push no retained version needs), links that
 file at the segment's path. The sender (`SegmentWriter`) then adopts the file it
 finds at its path and rewrites its already-touched pages next time. Pages thus
-circulate sender -> staged version -> spare -> sender without being copied. A
-segment on another file system than staging is copied in the kernel instead. The
-sender must not rewrite its segment while a push of it is in flight
-(PolicyReplica pushes one at a time). A process of the same user can change
-either file at any time, but such a process can also write the policy's memory:
-the check is for integrity, as the stream's is.
+circulate sender -> staged version -> spare -> sender without being copied. Until
+the receiver has a spare (its first pushes) it keeps the segment, and the sender
+allocates its next one in the background, between pushes. A segment on another
+file system than staging is copied in the kernel instead. The sender must not
+rewrite its segment while a push of it is in flight (PolicyReplica pushes one at
+a time). A process of the same user can change either file at any time, but such
+a process can also write the policy's memory: the check is for integrity, as the
+stream's is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -40,6 +43,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -109,6 +113,9 @@ class SegmentWriter:
         self.directory, self.checksum = directory, checksum
         self.path: Path | None = None
         self._held: int | None = None  # descriptor holding the segment's lock
+        self._size = 0  # bytes of the last write: what the next segment is allocated with
+        self._next: Future[tuple[Path, int]] | None = None  # a segment being allocated for the next write
+        self._allocator: ThreadPoolExecutor | None = None
 
     def write(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Segment:
         """Writes `tensors` into the segment (created on first use), hashing them on the way."""
@@ -139,6 +146,7 @@ class SegmentWriter:
         except BaseException:
             self.close()
             raise
+        self._size = size
         return Segment(self.path, digest.digest(), algorithm.name)
 
     def _open(self) -> int:
@@ -148,11 +156,42 @@ class SegmentWriter:
         if self._held is None and self.path is None:
             remove_abandoned_segments(self.directory)
         self._release()
-        self.path = self.directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._held = fd
-        return fd
+        prepared, self._next = self._next, None
+        if prepared is not None:
+            try:
+                self.path, self._held = prepared.result()
+                return self._held
+            except OSError as exc:  # e.g. tmpfs full: a plain new file, whose pages the write faults in
+                log.warning("allocating the next shared-memory segment failed (%s); writing a new one", exc)
+        self.path, self._held = self._new_segment(0)
+        return self._held
+
+    def _new_segment(self, size: int) -> tuple[Path, int]:
+        """A new private segment file, locked; with `size`, its pages allocated now (zeroed, not yet written)."""
+        path = self.directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if size:
+                os.posix_fallocate(fd, 0, size)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return path, fd
+
+    def _allocate_next(self) -> None:
+        """Allocates the next write's segment in the background, when the receiver took ours and handed none back.
+
+        A receiver without a spare (its first pushes, before a retained version retires) keeps the file it
+        took, and writing a model into fresh tmpfs pages costs about twice a write into allocated ones (538 MB:
+        0.27-0.31 s against 0.12-0.15 s here). Allocating them now moves that cost out of the next push, into
+        the time the trainer spends generating and training before it.
+        """
+        if self._size and self._next is None:
+            if self._allocator is None:
+                self._allocator = ThreadPoolExecutor(1, thread_name_prefix="segment-allocate")
+            self._next = self._allocator.submit(self._new_segment, self._size)
 
     def settle(self) -> bool:
         """After a push: keeps holding the segment, or adopts the file the receiver left at its path; False when
@@ -167,6 +206,7 @@ class SegmentWriter:
             now = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:  # taken by a receiver without a spare: normal
             self._release()
+            self._allocate_next()
             return False
         if _same_file(os.fstat(self._held), now):
             if _private(now):
@@ -197,7 +237,13 @@ class SegmentWriter:
             self._held = None
 
     def close(self) -> None:
-        """Removes the segment (the next write makes a new one)."""
+        """Removes the segment and any allocated for the next write (the next write makes a new one)."""
+        prepared, self._next = self._next, None
+        if prepared is not None:
+            with contextlib.suppress(OSError):
+                path, fd = prepared.result()
+                os.close(fd)
+                path.unlink(missing_ok=True)
         if self.path is not None and self._held is not None:
             try:
                 if _same_file(os.stat(self.path, follow_symlinks=False), os.fstat(self._held)):

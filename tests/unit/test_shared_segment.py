@@ -98,6 +98,31 @@ def test_the_receiver_takes_the_segment_and_hands_its_spare_back_to_the_sender(t
     assert not fourth.path.exists()
 
 
+def test_a_writer_whose_segment_was_kept_allocates_the_next_one_before_the_next_push(tmp_path):
+    """A receiver without a spare keeps the segment it took; the writer then allocates its next segment's pages in
+    the background, and the next write goes into that file (pages the write need not fault in)."""
+    shm, staging = dirs(tmp_path)
+    big = [("a.weight", torch.randn(256, 256)), ("b.bias", torch.ones(5).half())]
+    manifest = {name: TensorSpec(tuple(t.shape)) for name, t in big}
+    writer = SegmentWriter(shm)
+    first = writer.write(big)
+    size = first.path.stat().st_size
+    take(list(segment_requests(first, big)), staging, manifest)  # no spare: the receiver keeps the file
+    assert not writer.settle()
+    prepared_path, _ = writer._next.result()
+    prepared = prepared_path.stat()
+    assert prepared_path != first.path and prepared.st_mode & 0o777 == 0o600
+    assert prepared.st_size == size and prepared.st_blocks * 512 >= size  # allocated, not a sparse file
+    second = writer.write([("a.weight", torch.zeros(256, 256)), ("b.bias", torch.ones(5).half())])
+    assert second.path == prepared_path and second.path.stat().st_ino == prepared.st_ino
+    assert second.path.stat().st_size == size
+    staged = take(list(segment_requests(second, big)), staging, manifest)  # no spare again
+    assert torch.equal(load_file(str(staged.path))["a.weight"], torch.zeros(256, 256))
+    assert not writer.settle()
+    writer.close()  # the segment allocated for a write that never came is removed too
+    assert list(shm.iterdir()) == []
+
+
 def test_a_spare_is_not_handed_back_over_a_file_already_at_the_path(tmp_path, monkeypatch):
     shm, staging = dirs(tmp_path)
     writer = SegmentWriter(shm)
