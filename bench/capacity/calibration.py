@@ -14,7 +14,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench.capacity.inputs import INPUTS, Inputs, read_toml
@@ -161,6 +161,45 @@ def local_predictions(rates: LocalRates, directory: Path = INPUTS) -> dict[str, 
     return phases
 
 
+STEP_CHECKS = ("generate", "score", "train", "push", "step")
+
+
+def step_rounds(results: Path = RESULTS, directory: Path = INPUTS) -> dict[str, dict]:
+    """The sync step's phases, predicted round by round, as reward_levels does for bench-reward.
+
+    Each round of the step rounds file (bench/capacity/interleave.py --kind step) holds measure_reward's
+    result and the push benchmark's, then a sync bench-step run, back to back. The score and push phases
+    are predicted from that round's own inputs (the step-shaped Score call, the same-host push GB/s);
+    generation and training from their files in [inputs]. A phase's prediction and measurement are the
+    medians over the rounds, with each round's error kept beside them.
+    """
+    rates = local_rates(results, directory)
+    rounds = _read(_predicted("step_rounds_file", directory), results)["rounds"]
+    pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_CHECKS}
+    for record in rounds:
+        service = record["costs"]["service"]
+        own = replace(
+            rates,
+            reward_step_call_s=service["step_call_seconds_median"],
+            reward_step_items=service["step_items"],
+            push_gb_s=record["push"]["cases"][0]["same_host_push"]["gb_per_s"],
+        )
+        predicted = local_predictions(own, directory)
+        sync = record["step"]["sync"]
+        measured = {**sync["seconds"], "step": sync["step_s"]}
+        for name in STEP_CHECKS:
+            pairs[name].append((predicted[name], measured[name]))
+    return {
+        name: {
+            "rounds": len(values),
+            "predicted": statistics.median(p for p, _ in values),
+            "measured": statistics.median(m for _, m in values),
+            "round_errors": [round(p / m - 1, 4) for p, m in values],
+        }
+        for name, values in pairs.items()
+    }
+
+
 def reward_levels(results: Path = RESULTS, directory: Path = INPUTS) -> list[dict]:
     """Every bench-reward level (batching on), predicted round by round from that round's own inputs.
 
@@ -196,39 +235,41 @@ def reward_levels(results: Path = RESULTS, directory: Path = INPUTS) -> list[dic
 
 
 def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Check]:
-    rates = local_rates(results, directory)
     bands = read_toml("local.toml", directory)["bands"]
-    predicted = local_predictions(rates, directory)
-    step = _read(_predicted("step_file", directory), results)["baseline"]
-    measured = {**step["seconds"], "step": step["step_s"]}
     files = read_toml("local.toml", directory)["inputs"]
+    step_file = _predicted("step_rounds_file", directory)
     used = {
         "generate": "load.json (1 request: TTFT, TPOT) + generation.json (32 x 64 tokens)",
-        "score": "capacity.reward.json (the step-shaped Score call through the reward service)",
+        "score": "each round's measure_reward (the step-shaped Score call through the reward service)",
         "train": "capacity.trainer.json (update tokens/s, no services)",
-        "push": f"{files['push_file']} (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
+        "push": "each round's push benchmark (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
         "step": "the four phases above",
     }
     phase_files = {
         "generate": [files["generation_single_file"], files["generation_batch_file"]],
-        "score": [files["reward_costs_file"]],
+        "score": [],
         "train": [files["trainer_file"]],
-        "push": [files["push_file"]],
+        "push": [],
     }
     phase_files["step"] = [name for phase in ("generate", "score", "train", "push") for name in phase_files[phase]]
-    step_file = _predicted("step_file", directory)
-    checks = [
-        Check(
-            f"step.{name}",
-            predicted[name],
-            measured[name],
-            bands[band_of(f"step.{name}")],
-            f"{step_file} baseline (make bench-step, sync)",
-            used[name],
-            machines=tuple(_machine(n, results) for n in [step_file, *phase_files[name]]),
+    step_records = _read(step_file, results)["rounds"]
+    round_machines = tuple(
+        record[part]["machine"]["platform"] for record in step_records for part in ("costs", "push", "step")
+    ) + (_machine(step_file, results),)
+    checks = []
+    for name, phase in step_rounds(results, directory).items():
+        errors = ", ".join(f"{e:+.0%}" for e in phase["round_errors"])
+        checks.append(
+            Check(
+                f"step.{name}",
+                phase["predicted"],
+                phase["measured"],
+                bands[band_of(f"step.{name}")],
+                f"{step_file}: make bench-step's sync run, median of {phase['rounds']} rounds",
+                f"{used[name]}; round errors {errors}",
+                machines=tuple(_machine(n, results) for n in phase_files[name]) + round_machines,
+            )
         )
-        for name in ("generate", "score", "train", "push", "step")
-    ]
     rounds_file = _predicted("reward_rounds_file", directory)
     rounds = _read(rounds_file, results)["rounds"]
     reward_machines = tuple(

@@ -1,6 +1,7 @@
-"""The reward calibration's data, measured interleaved: the inputs and the figures they predict, round after round.
+"""The calibration's data, measured interleaved: the inputs and the figures they predict, round after round.
 
     flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.interleave --rounds 4
+    flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.interleave --kind step --rounds 3
 
 This VM's speed drifts by more than the model's error within minutes (the bare reward forward
 measured 146, 79, 88 and 103 pairs/s in four `make bench-reward` runs within 75 minutes), so inputs
@@ -11,7 +12,13 @@ back to back. The calibration (calibration.reward_levels) predicts every round's
 round's own inputs and compares the medians over the rounds. Both programs run unchanged, each in its
 own process, as their own commands run them.
 
-Writes bench/results/capacity.interleaved.json: per round, both programs' whole result files.
+With `--kind step` a round runs the inputs of the step's score and push phases, measure_reward (its
+step-shaped Score call through a reward server) and the push benchmark (`bench.push_bench
+--synthetic-params 0`: its same-host push), and then the sync step they predict (`bench.step_bench
+--modes sync`); the step checks compare the medians over the rounds the same way.
+
+Writes bench/results/capacity.interleaved.json (reward) or capacity.step-interleaved.json (step): per
+round, every program's whole result file.
 """
 
 from __future__ import annotations
@@ -30,8 +37,14 @@ from bench.machine import RESULTS, machine
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
-OUT = RESULTS / "capacity.interleaved.json"
+OUT = {"reward": RESULTS / "capacity.interleaved.json", "step": RESULTS / "capacity.step-interleaved.json"}
 COMMAND = "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.interleave"
+DEFAULT_ROUNDS = {"reward": 4, "step": 3}
+WHAT = {
+    "reward": "per round: bench.capacity.measure_reward's result (inputs), then bench.reward_bench's (predicted)",
+    "step": "per round: bench.capacity.measure_reward's and bench.push_bench's results (inputs), then "
+    "bench.step_bench --modes sync's (predicted)",
+}
 
 
 def _run(module: str, out_flag: str, out: Path, extra: list[str]) -> dict:
@@ -51,33 +64,61 @@ def measure_round(index: int, scratch: Path, reward_args: list[str]) -> dict:
     return {"round": index, "started_unix": round(started), "costs": costs, "reward": reward}
 
 
+def measure_step_round(index: int, scratch: Path, push_repeats: int) -> dict:
+    started = time.time()
+    costs = _run("bench.capacity.measure_reward", "--out", scratch / f"costs-{index}.json", [])
+    push = _run(
+        "bench.push_bench",
+        "--output",
+        scratch / f"push-{index}.json",
+        ["--synthetic-params", "0", "--repeats", str(push_repeats)],
+    )
+    step = _run("bench.step_bench", "--output", scratch / f"step-{index}.json", ["--modes", "sync"])
+    return {"round": index, "started_unix": round(started), "costs": costs, "push": push, "step": step}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=4, help="Rounds of (inputs, then the predicted benchmark).")
-    parser.add_argument("--out", type=Path, default=OUT, help="Result file.")
+    parser.add_argument(
+        "--kind",
+        choices=("reward", "step"),
+        default="reward",
+        help="reward: measure_reward then bench-reward; step: measure_reward and the push benchmark, then the sync step.",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="Rounds of (inputs, then the predicted benchmark); 4 reward, 3 step."
+    )
+    parser.add_argument("--out", type=Path, default=None, help="Result file (default by --kind, in bench/results).")
     parser.add_argument(
         "--reward-args", default="", help="Extra flags for bench.reward_bench (e.g. '--requests 128'); default none."
     )
+    parser.add_argument("--push-repeats", type=int, default=3, help="Timed pushes per path in a step round.")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    rounds_wanted = args.rounds if args.rounds is not None else DEFAULT_ROUNDS[args.kind]
+    if rounds_wanted < 1:
+        parser.error(f"--rounds must be >= 1, got {rounds_wanted}")
+    out = args.out or OUT[args.kind]
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     started = time.perf_counter()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="capacity-interleave-") as scratch:
-        for index in range(args.rounds):
-            log.info("round %d of %d", index + 1, args.rounds)
-            rounds.append(measure_round(index, Path(scratch), args.reward_args.split()))
+        for index in range(rounds_wanted):
+            log.info("round %d of %d", index + 1, rounds_wanted)
+            if args.kind == "step":
+                rounds.append(measure_step_round(index, Path(scratch), args.push_repeats))
+            else:
+                rounds.append(measure_round(index, Path(scratch), args.reward_args.split()))
+    command = COMMAND + (" --kind step" if args.kind == "step" else "")
     result = {
-        "benchmark": "capacity.interleaved",
-        "command": COMMAND + (f" --rounds {args.rounds}" if args.rounds != 4 else ""),
-        "what": "per round: bench.capacity.measure_reward's result (inputs), then bench.reward_bench's (predicted)",
+        "benchmark": "capacity.interleaved" if args.kind == "reward" else "capacity.step-interleaved",
+        "command": command + (f" --rounds {rounds_wanted}" if rounds_wanted != DEFAULT_ROUNDS[args.kind] else ""),
+        "what": WHAT[args.kind],
         "machine": machine(),
         "rounds": rounds,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    log.info("-> %s (%d rounds, %.0f s)", args.out, args.rounds, result["wall_s"])
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    log.info("-> %s (%d rounds, %.0f s)", out, rounds_wanted, result["wall_s"])
     return 0
 
 

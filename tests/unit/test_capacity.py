@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,8 +107,13 @@ def _perturbed(tmp_path, name: str, change) -> Path:
     [
         ("capacity.trainer.json", lambda d: d.update(tokens_per_s=d["tokens_per_s"] * 1.5), "step.train"),
         (
-            "capacity.reward.json",
-            lambda d: d["service"].update(step_call_seconds_median=d["service"]["step_call_seconds_median"] * 3),
+            "capacity.step-interleaved.json",
+            lambda d: [
+                r["costs"]["service"].update(
+                    step_call_seconds_median=r["costs"]["service"]["step_call_seconds_median"] * 3
+                )
+                for r in d["rounds"]
+            ],
             "step.score",
         ),
         (
@@ -121,8 +127,13 @@ def _perturbed(tmp_path, name: str, change) -> Path:
             "reward.pairs_per_s@64",
         ),
         (
-            "push-smollm2.json",
-            lambda d: d["cases"][0]["same_host_push"].update(gb_per_s=d["cases"][0]["same_host_push"]["gb_per_s"] / 3),
+            "capacity.step-interleaved.json",
+            lambda d: [
+                r["push"]["cases"][0]["same_host_push"].update(
+                    gb_per_s=r["push"]["cases"][0]["same_host_push"]["gb_per_s"] / 3
+                )
+                for r in d["rounds"]
+            ],
             "step.push",
         ),
     ],
@@ -161,6 +172,22 @@ def test_local_inputs_are_components_not_the_predicted_totals() -> None:
         assert level["rounds"] == len(rounds) and len(level["round_errors"]) == len(rounds)
     first = calibration.service_costs(rounds[0]["costs"], calibration._batching(rounds[0]["reward"]))
     assert first.forward_s(8) == rounds[0]["costs"]["forward"]["seconds_by_batch"]["8"]
+    # the step's phases likewise: each round's score and push from that round's measure_reward and push benchmark,
+    # compared with that round's sync bench-step run
+    step_rounds = json.loads((calibration.RESULTS / predicted["step_rounds_file"]).read_text())["rounds"]
+    assert len(step_rounds) >= 3
+    phases = calibration.step_rounds()
+    assert {phase["rounds"] for phase in phases.values()} == {len(step_rounds)}
+    for phase, values in phases.items():
+        measured = [
+            r["step"]["sync"]["step_s"] if phase == "step" else r["step"]["sync"]["seconds"][phase] for r in step_rounds
+        ]
+        assert values["measured"] == statistics.median(measured), phase
+    first_push = step_rounds[0]["push"]["cases"][0]["same_host_push"]["gb_per_s"]
+    push_bytes = inputs.read_toml("local.toml")["step"]["push_bytes"]
+    assert phases["push"]["round_errors"][0] == round(
+        push_bytes / 1e9 / first_push / step_rounds[0]["step"]["sync"]["seconds"]["push"] - 1, 4
+    )
 
 
 def test_published_figures_reproduced(data: inputs.Inputs) -> None:

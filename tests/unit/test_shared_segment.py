@@ -99,7 +99,7 @@ def test_the_receiver_takes_the_segment_and_hands_its_spare_back_to_the_sender(t
 
 
 def test_a_writer_whose_segment_was_kept_allocates_the_next_one_before_the_next_push(tmp_path):
-    """A receiver without a spare keeps the segment it took; the writer then allocates its next segment's pages in
+    """A receiver without a spare keeps the segment it took; the writer then writes its next segment's pages in
     the background, and the next write goes into that file (pages the write need not fault in)."""
     shm, staging = dirs(tmp_path)
     big = [("a.weight", torch.randn(256, 256)), ("b.bias", torch.ones(5).half())]
@@ -112,7 +112,7 @@ def test_a_writer_whose_segment_was_kept_allocates_the_next_one_before_the_next_
     prepared_path, _ = writer._next.result()
     prepared = prepared_path.stat()
     assert prepared_path != first.path and prepared.st_mode & 0o777 == 0o600
-    assert prepared.st_size == size and prepared.st_blocks * 512 >= size  # allocated, not a sparse file
+    assert prepared.st_size == size and prepared.st_blocks * 512 >= size  # written, not a sparse file
     second = writer.write([("a.weight", torch.zeros(256, 256)), ("b.bias", torch.ones(5).half())])
     assert second.path == prepared_path and second.path.stat().st_ino == prepared.st_ino
     assert second.path.stat().st_size == size
