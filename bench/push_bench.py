@@ -182,12 +182,16 @@ def grpc_push(
     try:
         with open_channel(f"127.0.0.1:{port}") as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            # one push not timed, as bench-step leaves out its first step: the server's first staging file is
+            # fresh pages; from then on a retired file or one written ahead takes each push
+            stub.PushWeights(push_requests(tensors, note="bench warm-up"), timeout=1800)
             seconds = []
             for i in range(repeats):
+                time.sleep(gap_s)  # as in a training step, the push follows seconds of training
                 started = time.perf_counter()
                 reply = stub.PushWeights(push_requests(tensors, note=f"bench {i}"), timeout=1800)
                 seconds.append(time.perf_counter() - started)
-                assert reply.weight_version == i + 1
+                assert reply.weight_version == i + 2
             partial_seconds = []
             for i in range(repeats if partial else 0):
                 started = time.perf_counter()
@@ -255,12 +259,15 @@ def disk_reload(
     try:
         with tempfile.TemporaryDirectory(dir=RESULTS) as scratch:  # on disk, not tmpfs
             for kind, items in (("full", tensors), ("partial", partial or [])):
-                for i in range(repeats if items else 0):
+                for i in range(-1 if kind == "full" else 0, repeats if items else 0):  # -1: the same warm-up
                     path = Path(scratch) / f"{kind}-{i}.safetensors"
+                    if kind == "full":
+                        time.sleep(gap_s)  # the same pause as before each streamed push
                     started = time.perf_counter()
                     save_file(dict(items), str(path))
                     loop.run_until_complete(engine.load_weights(str(path)))
-                    seconds[kind].append(time.perf_counter() - started)
+                    if i >= 0:
+                        seconds[kind].append(time.perf_counter() - started)
                     path.unlink()
         if extras is not None:  # the in-place reload alone: a file already in shared memory, not timed writing it
             with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
@@ -349,11 +356,13 @@ def measure(label: str, model_dir: Path, dtype: str, repeats: int, with_lora: bo
         "dtype": dtype,
         "baseline": {
             "name": "safetensors to disk + in-place reload",
+            "protocol": f"one untimed warm-up, then each after a {gap_s:g} s pause",
             "seconds": round(baseline, 3),
             "gb_per_s": round(total / baseline / 1e9, 3),
         },
         "candidate": {
             "name": "PushWeights over gRPC, XXH3-128 checksum (send -> new version serving)",
+            "protocol": f"one untimed warm-up push, then each after a {gap_s:g} s pause",
             "seconds": round(candidate, 3),
             "gb_per_s": round(total / candidate / 1e9, 3),
         },
@@ -369,7 +378,7 @@ def main() -> None:
         "--gap-s",
         type=float,
         default=3.0,
-        help="pause before each timed same-host push and reload-alone (a step's push follows seconds of training; "
+        help="pause before each timed push and reload, every path (a step's push follows seconds of training; "
         "back to back, each push would queue behind the last one's file freeing and vLLM's 1 s busy-poll)",
     )
     parser.add_argument(

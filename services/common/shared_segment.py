@@ -172,7 +172,7 @@ class SegmentWriter:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _touch(fd, size)
+            write_zeros(fd, size)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -281,7 +281,7 @@ def remove_abandoned_segments(directory: Path = SHM_DIR) -> list[Path]:
 _ZEROS = bytes(8 << 20)
 
 
-def _touch(fd: int, size: int) -> None:
+def write_zeros(fd: int, size: int) -> None:
     """Writes zeros over the file's first `size` bytes, so that a later write finds its pages resident.
 
     Not posix_fallocate: on tmpfs it allocates pages without touching them, and on a VM that hands freed

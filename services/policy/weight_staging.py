@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from services.common.shared_segment import write_zeros
 from services.common.weight_stream import StagedPush, TensorSpec, push_dtype
 
 
@@ -106,6 +107,26 @@ def write_staged(push: StagedPush, directory: Path) -> Path:
         return push.path
     path = directory / f"push-{uuid.uuid4().hex}.safetensors"
     save_file(push.tensors, str(path))
+    return path
+
+
+def prepare_spare(directory: Path, size: int) -> Path:
+    """A private staging file of `size` bytes with every page written (zeros), for the next push to overwrite.
+
+    A push written into fresh tmpfs pages pays a page fault per page: on this project's VMs a streamed
+    538 MB push took 0.81-1.27 s into a new file against 0.73-0.75 s into one written before. Until a
+    retained version retires (the first keep_versions + 1 pushes) there is no such file, so one is written
+    ahead, between pushes.
+    """
+    path = directory / f"push-{uuid.uuid4().hex}.safetensors"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        write_zeros(fd, size)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
     return path
 
 

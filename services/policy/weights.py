@@ -22,7 +22,7 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,7 +42,7 @@ from services.policy import metrics
 from services.policy.nccl_push import NcclDeclaration, Reservation, ReservationSlot, check_tensors
 from services.policy.version_gate import VersionGate
 from services.policy.weight_history import RetainedVersion, UnknownVersion, WeightHistory, write_restore_file
-from services.policy.weight_staging import SafetensorsFileSink, write_staged
+from services.policy.weight_staging import SafetensorsFileSink, prepare_spare, write_staged
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class WeightManager:
         self._nccl_slot = ReservationSlot(self._lock, nccl_reserve_timeout_s)
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="push-receive")  # hashing + staging writes
         self._spare: Path | None = None  # a staged file no version needs: the next push overwrites its touched pages
+        self._preparing: Future[Path] | None = None  # a spare being written ahead on the receive thread
         self._freeing: set[asyncio.Future] = set()  # background deletions of retired files
         self.state = EngineState.STARTING
         metrics.WEIGHT_VERSION.set(0)
@@ -225,7 +226,8 @@ class WeightManager:
         started = time.perf_counter()
         stream = aiter(requests)
         first = await anext(stream, None)
-        if first is not None and first.WhichOneof("item") == "begin" and first.begin.HasField("segment"):
+        same_host = first is not None and first.WhichOneof("item") == "begin" and first.begin.HasField("segment")
+        if same_host:
             staged = await self._take_segment(first.begin, stream)
         else:
             staged = await self._receive_stream(first, stream)
@@ -265,6 +267,8 @@ class WeightManager:
             finally:
                 if not retained:
                     self._retire([path])
+            if retained and not same_host:  # a same-host sender writes ahead its own next segment
+                self._prepare_spare(_size(path))
         applied = time.perf_counter() - apply_started
         metrics.PUSH_SECONDS.labels("apply").observe(applied)
         metrics.PUSH_BYTES.inc(staged.total_bytes)
@@ -299,7 +303,7 @@ class WeightManager:
         loop = asyncio.get_running_loop()
         # Hashing and file writes run on the receive thread, never on the event loop, so generation keeps
         # flowing while bytes arrive; one thread keeps each push's messages in order.
-        spare, self._spare = self._spare, None
+        spare = await self._take_spare()
         sink = await loop.run_in_executor(self._receiver, SafetensorsFileSink, self.staging, dict(self.manifest), spare)
         assembler = PushAssembler(self.manifest, self.max_push_bytes, fused_groups=self.fused_groups, sink=sink)
         try:
@@ -333,7 +337,7 @@ class WeightManager:
             if await anext(stream, None) is not None:
                 raise InvalidArgument("push has messages after commit")
             digest = committed_digest(commit.commit, header.checksum)
-            spare, self._spare = self._spare, None
+            spare = await self._take_spare()
             taking = asyncio.get_running_loop().run_in_executor(
                 self._receiver,
                 take_segment,
@@ -349,7 +353,7 @@ class WeightManager:
                 return await taking
             except Exception:
                 if spare is not None and spare.exists():  # refused before it was handed back: still ours
-                    self._spare = spare
+                    self._retire([spare])
                 raise
         except Exception:
             metrics.PUSHES.labels("rejected").inc()
@@ -373,6 +377,37 @@ class WeightManager:
             freeing = asyncio.get_running_loop().run_in_executor(None, _unlink, dropped)
             self._freeing.add(freeing)
             freeing.add_done_callback(self._freeing.discard)
+
+    def _prepare_spare(self, size: int) -> None:
+        """Writes the next push's staging file ahead on the receive thread, when no retired file can serve.
+
+        Queued on the receive thread, so the next push's receive starts behind it and finds it done; meanwhile
+        generation runs (the writes never touch the event loop).
+        """
+        if self._spare is None and self._preparing is None and size > 0:
+            self._preparing = self._receiver.submit(prepare_spare, self.staging, size)
+
+    async def _take_spare(self) -> Path | None:
+        """The file the next push overwrites: a retired one, or the one written ahead (None: fresh pages)."""
+        spare, self._spare = self._spare, None
+        preparing, self._preparing = self._preparing, None
+        if preparing is None:
+            return spare
+        try:
+            prepared = await asyncio.wrap_future(preparing)
+        except OSError as exc:  # a full tmpfs, say: the push writes a new file instead
+            log.warning("writing the next staging file ahead failed (%s); this push writes a new one", exc)
+            return spare
+        if spare is None:
+            return prepared
+        self._retire([prepared])  # both exist: the larger waits as the next spare
+        return spare
+
+    async def prepared(self) -> Path | None:
+        """Waits for a staging file being written ahead; its path (None when none is)."""
+        if self._preparing is None:
+            return None
+        return await asyncio.wrap_future(self._preparing)
 
     async def freed(self) -> None:
         """Returns once the retired staging files deleted in the background are gone."""

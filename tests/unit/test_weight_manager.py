@@ -313,3 +313,39 @@ def test_the_spare_staging_file_is_the_largest_retired_one(tmp_path):
         assert set(m.staging.iterdir()) == retained | {m._spare}  # the small file was freed, nothing else left
 
     asyncio.run(scenario())
+
+
+def test_with_no_retired_file_the_next_staging_file_is_written_ahead(tmp_path):
+    """The first pushes (before a retained version retires) would write into fresh pages: one file is written ahead."""
+
+    async def scenario():
+        m, engine = manager(tmp_path, keep=2)
+        await push(m, weights(1.0))
+        first = m.history.current.sources[ATTN]
+        prepared = await m.prepared()
+        assert prepared is not None and prepared != first and prepared.parent == m.staging
+        assert prepared.stat().st_size == first.stat().st_size and prepared.stat().st_mode & 0o777 == 0o600
+        assert prepared.read_bytes() == bytes(prepared.stat().st_size)  # every page written (zeros)
+        inode = prepared.stat().st_ino
+        await push(m, weights(2.0))
+        assert m.history.current.sources[ATTN].stat().st_ino == inode  # the push overwrote the prepared pages
+        assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 2.0))
+        assert not prepared.exists()  # renamed: the staged file of version 2
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_write_ahead_leaves_the_next_push_to_a_new_file(tmp_path, monkeypatch):
+    def full(directory, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("services.policy.weights.prepare_spare", full)
+
+    async def scenario():
+        m, engine = manager(tmp_path, keep=2)
+        await push(m, weights(1.0))
+        assert (await push(m, weights(2.0))).version == 2
+        assert torch.equal(engine.weights[ATTN], torch.full((2, 2), 2.0))
+        assert len(list(m.staging.iterdir())) == 2  # versions 1 and 2, nothing half-written
+
+    asyncio.run(scenario())
