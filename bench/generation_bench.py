@@ -160,6 +160,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="concurrent prompts (one batch)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--model", default="", help="checkpoint dir (default: SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="Result file instead of bench/results/generation.json."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model_dir = args.model or str(prepare_smollm2())
@@ -190,6 +193,7 @@ def main() -> None:
             "hf_generate": hf,
             "ratio_vs_hf_generate": round(service["tokens_per_s"] / hf["tokens_per_s"], 3),
         },
+        args.output,
     )
     print(
         f"[generation] service/in-process = {ratio:.3f}; service/HF generate = {service['tokens_per_s'] / hf['tokens_per_s']:.2f} -> {path}"

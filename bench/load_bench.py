@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--reward-duration-s", type=float, default=8.0, help="seconds of sending per reward level")
     parser.add_argument("--output-len", type=int, default=32, help="max_tokens per policy request")
     parser.add_argument("--start-timeout-s", type=float, default=600.0)
+    parser.add_argument(
+        "--output", type=Path, default=None, help="Result file instead of bench/results/load.json (plots not drawn)."
+    )
     args = parser.parse_args()
     policy_levels = [int(c) for c in args.concurrency.split(",")]
     reward_levels = [int(c) for c in args.reward_concurrency.split(",")]
@@ -184,20 +187,21 @@ def main() -> None:
     print("\nreward Score (similarity, 1 item per request):")
     print(format_sweep(reward_reports))
     print("\n" + markdown_table(policy_rows) + "\n\n" + markdown_table(reward_rows, scored=True))
-    plot_sweep(
-        policy_reports,
-        "concurrency",
-        "concurrency (requests in flight)",
-        RESULTS / "load.png",
-        f"policy GenerateStream, {Path(model_dir).name}, max_tokens={args.output_len}",
-    )
-    plot_sweep(
-        reward_reports,
-        "concurrency",
-        "concurrency (requests in flight)",
-        RESULTS / "load-reward.png",
-        "reward Score (similarity, 1 item per request)",
-    )
+    if args.output is None:  # the plots belong to load.json
+        plot_sweep(
+            policy_reports,
+            "concurrency",
+            "concurrency (requests in flight)",
+            RESULTS / "load.png",
+            f"policy GenerateStream, {Path(model_dir).name}, max_tokens={args.output_len}",
+        )
+        plot_sweep(
+            reward_reports,
+            "concurrency",
+            "concurrency (requests in flight)",
+            RESULTS / "load-reward.png",
+            "reward Score (similarity, 1 item per request)",
+        )
     path = write_result(
         "load",
         {
@@ -236,9 +240,12 @@ def main() -> None:
             "host_load_avg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
             "wall_s": round(time.perf_counter() - started, 1),
         },
+        args.output,
     )
     print(
-        f"\n[bench-load] wrote {path}, {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'} "
+        f"\n[bench-load] wrote {path}"
+        + ("" if args.output else f", {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'}")
+        + " "
         f"in {time.perf_counter() - started:.0f} s",
         flush=True,
     )

@@ -186,11 +186,14 @@ def push_requests(
         raw = _raw_bytes(tensor)
         digest.update(raw)
         for offset in range(0, max(len(raw), 1), chunk_bytes):
-            chunk = common_pb2.TensorChunk(name=name, offset=offset, data=raw[offset : offset + chunk_bytes].tobytes())
+            request = policy_pb2.PushWeightsRequest()
+            chunk = request.chunk  # filled in place: PushWeightsRequest(chunk=...) would copy the bytes once more
+            chunk.name, chunk.offset = name, offset
+            chunk.data = raw[offset : offset + chunk_bytes].tobytes()
             if offset == 0:
                 chunk.dtype = dtype.wire
                 chunk.shape.extend(shape)
-            yield policy_pb2.PushWeightsRequest(chunk=chunk)
+            yield request
     yield policy_pb2.PushWeightsRequest(commit=commit_digest(algorithm, digest.digest()))
 
 
