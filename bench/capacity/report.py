@@ -167,7 +167,9 @@ def markdown(result: dict, command: str) -> str:
         "",
         (
             "- **Measured here** (2 CPU cores, no GPU; committed files in `bench/results/`, each measured alone under "
-            "`flock /tmp/heavy.lock`): decode cost per step at batch 1 and 32 (`load.json`, `generation.json`); "
+            "`flock /tmp/heavy.lock`): decode cost per step at batch 1 and 32 (`capacity.load-single.json`: bench-load "
+            "at one request in flight, `capacity.generation.json`: bench-generation's 32 x 64 tokens, both with "
+            "`--output`, measured right after the step rounds on the same machine); "
             "the reward service in pieces (`python -m bench.capacity.measure_reward`): the similarity model's "
             "forward in-process at batch sizes 1-32 (each size timed, linear between sizes), one Score call of the "
             "step's shape through a reward server with bench-step's models (what the step's score phase is "
@@ -180,7 +182,7 @@ def markdown(result: dict, command: str) -> str:
             "the step takes, each push after a pause as in a step; in every round of "
             "`capacity.step-interleaved.json`). The streamed gRPC "
             f"push rate of the table ({inputs['push']['grpc_gb_s']} GB/s per stream) is the bf16 1.8 GB rate of "
-            "`push.json`, measured on another 2-core VM of this kind: the gRPC path has not been measured on a GPU host."
+            "`push.json` (`make bench-push`, this machine): the gRPC path has not been measured on a GPU host."
         ),
         (
             "- **Published**: GPU peak FLOP/s, HBM, NVLink, NIC and PCIe bandwidths (vendor datasheets, "
