@@ -242,13 +242,8 @@ def main() -> None:
         },
         args.output,
     )
-    print(
-        f"\n[bench-load] wrote {path}"
-        + ("" if args.output else f", {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'}")
-        + " "
-        f"in {time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
+    plots = "" if args.output else f", {RESULTS / 'load.png'}, {RESULTS / 'load-reward.png'}"
+    print(f"\n[bench-load] wrote {path}{plots} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -242,7 +242,7 @@ def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Chec
         "generate": f"{files['generation_single_file']} (1 request: TTFT, TPOT) + "
         f"{files['generation_batch_file']} (32 x 64 tokens)",
         "score": "each round's measure_reward (the step-shaped Score call through the reward service)",
-        "train": "capacity.trainer.json (update tokens/s, no services)",
+        "train": f"{files['trainer_file']} (update tokens/s, no services)",
         "push": "each round's push benchmark (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
         "step": "the four phases above",
     }

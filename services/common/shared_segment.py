@@ -169,15 +169,7 @@ class SegmentWriter:
     def _new_segment(self, size: int) -> tuple[Path, int]:
         """A new private segment file, locked; with `size`, its pages written (with zeros) now."""
         path = self.directory / f"rlhf-push-{os.getpid()}-{uuid.uuid4().hex}.safetensors"
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            write_zeros(fd, size)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
-        return path, fd
+        return path, new_private_file(path, size, lock=True)
 
     def _allocate_next(self) -> None:
         """Prepares the next write's segment in the background, when the receiver took ours and handed none back.
@@ -281,17 +273,28 @@ def remove_abandoned_segments(directory: Path = SHM_DIR) -> list[Path]:
 _ZEROS = bytes(8 << 20)
 
 
-def write_zeros(fd: int, size: int) -> None:
-    """Writes zeros over the file's first `size` bytes, so that a later write finds its pages resident.
+def new_private_file(path: Path, size: int = 0, lock: bool = False) -> int:
+    """Creates `path` (mode 600, never over a file or through a link already there), flock-ed with `lock`, its
+    first `size` bytes written as zeros; its open descriptor. On any failure nothing is left behind.
 
-    Not posix_fallocate: on tmpfs it allocates pages without touching them, and on a VM that hands freed
-    memory back to its host (virtio-balloon free page reporting, as on this project's VMs) the first write
-    to each such page still faults on the host: a 538 MB write into fallocated pages took 0.09-0.33 s here,
-    into pages written before 0.11-0.13 s.
+    The zeros make a later write find its pages resident. Not posix_fallocate: on tmpfs it allocates pages
+    without touching them, and on a VM that hands freed memory back to its host (virtio-balloon free page
+    reporting, as on this project's VMs) the first write to each such page still faults on the host: a 538 MB
+    write into fallocated pages took 0.09-0.33 s here, into pages written before 0.11-0.13 s. The lock is
+    taken before the zeros, so remove_abandoned_segments never takes a file still being prepared for dead.
     """
-    offset = 0
-    while offset < size:
-        offset += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), size - offset)], offset)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        if lock:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        offset = 0
+        while offset < size:
+            offset += os.pwrite(fd, _ZEROS[: min(len(_ZEROS), size - offset)], offset)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> int:

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from services.common.shared_segment import write_zeros
+from services.common.shared_segment import new_private_file
 from services.common.weight_stream import StagedPush, TensorSpec, push_dtype
 
 
@@ -119,14 +119,7 @@ def prepare_spare(directory: Path, size: int) -> Path:
     ahead, between pushes.
     """
     path = directory / f"push-{uuid.uuid4().hex}.safetensors"
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-    try:
-        write_zeros(fd, size)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
+    os.close(new_private_file(path, size))
     return path
 
 
