@@ -77,7 +77,7 @@ class LocalRates:
     decode_per_sequence_s: float  # per decode step, per sequence in the batch
     first_token_s: float
     reward: ServiceCosts  # the reward service's forward and per-request costs, batching as bench-reward runs it
-    reward_step_call_s: float  # one Score call of the step's shape through the reward service, at the client
+    reward_step_call_s: float  # one Score call of the step's shape beside the policy, right after a Generate
     reward_step_items: int
     trainer_tokens_per_s: float
     step_sequence_tokens: float
@@ -87,7 +87,7 @@ class LocalRates:
         return self.first_token_s + tokens * (self.decode_fixed_s + self.decode_per_sequence_s * sequences)
 
     def score_s(self, pairs: int) -> float:
-        """The step's one Score call on an otherwise idle service, as measured through it."""
+        """The step's one Score call, as measured through the reward service beside the policy server."""
         if pairs != self.reward_step_items:
             raise ValueError(f"the step batch was measured with {self.reward_step_items} pairs, not {pairs}")
         return self.reward_step_call_s
@@ -128,7 +128,6 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
     per_step_batch = (batch_s - first) / batch_tokens
     per_sequence = (per_step_batch - per_step_one) / (batch_sequences - 1)
     costs = _read(files["reward_costs_file"], results)
-    service = costs["service"]
     settings = _batching(_read(files["reward_settings_file"], results))
     trainer = _read(files["trainer_file"], results)
     # The step's trainer and policy share this host, so its pushes take the same-host (shared-memory) path
@@ -139,8 +138,8 @@ def local_rates(results: Path = RESULTS, directory: Path = INPUTS) -> LocalRates
         decode_per_sequence_s=per_sequence,
         first_token_s=first,
         reward=service_costs(costs, settings),
-        reward_step_call_s=service["step_call_seconds_median"],
-        reward_step_items=service["step_items"],
+        reward_step_call_s=costs["step_call"]["after_generate_seconds_median"],
+        reward_step_items=costs["step_call"]["items"],
         trainer_tokens_per_s=trainer["tokens_per_s"],
         step_sequence_tokens=trainer["shape"]["sequence_tokens_mean"],
         push_gb_s=push["gb_per_s"],
@@ -167,24 +166,33 @@ STEP_CHECKS = ("generate", "score", "train", "push", "step")
 def step_rounds(results: Path = RESULTS, directory: Path = INPUTS) -> dict[str, dict]:
     """The sync step's phases, predicted round by round, as reward_levels does for bench-reward.
 
-    Each round of the step rounds file (bench/capacity/interleave.py --kind step) holds measure_reward's
-    result and the push benchmark's, then a sync bench-step run, back to back. The score and push phases
-    are predicted from that round's own inputs (the step-shaped Score call, the same-host push GB/s);
-    generation and training from their files in [inputs]. A phase's prediction and measurement are the
-    medians over the rounds, with each round's error kept beside them.
+    Each round of the step rounds file (bench/capacity/interleave.py --kind step) holds the inputs of the
+    score and push phases (measure_reward's step-shaped Score call, the push benchmark's same-host push
+    GB/s), then a sync bench-step run, back to back; the next round's inputs (after the last round, the
+    closing ones) are measured right after that run. Each phase is predicted from the inputs before the run
+    and from those after it, and the two predictions are averaged, so a machine that drifts during a round
+    hits the prediction as it hits the run; generation and training come from their files in [inputs]. A
+    phase's prediction and measurement are the medians over the rounds, each round's error kept beside them.
     """
     rates = local_rates(results, directory)
-    rounds = _read(_predicted("step_rounds_file", directory), results)["rounds"]
-    pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_CHECKS}
-    for record in rounds:
-        service = record["costs"]["service"]
+    data = _read(_predicted("step_rounds_file", directory), results)
+    rounds = data["rounds"]
+    after = [*rounds[1:], data["closing_inputs"]]
+
+    def predicted_from(inputs: dict) -> dict[str, float]:
+        step_call = inputs["costs"]["step_call"]
         own = replace(
             rates,
-            reward_step_call_s=service["step_call_seconds_median"],
-            reward_step_items=service["step_items"],
-            push_gb_s=record["push"]["cases"][0]["same_host_push"]["gb_per_s"],
+            reward_step_call_s=step_call["after_generate_seconds_median"],
+            reward_step_items=step_call["items"],
+            push_gb_s=inputs["push"]["cases"][0]["same_host_push"]["gb_per_s"],
         )
-        predicted = local_predictions(own, directory)
+        return local_predictions(own, directory)
+
+    pairs: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_CHECKS}
+    for record, following in zip(rounds, after, strict=True):
+        before, later = predicted_from(record), predicted_from(following)
+        predicted = {name: (before[name] + later[name]) / 2 for name in STEP_CHECKS}
         sync = record["step"]["sync"]
         measured = {**sync["seconds"], "step": sync["step_s"]}
         for name in STEP_CHECKS:
@@ -241,9 +249,11 @@ def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Chec
     used = {
         "generate": f"{files['generation_single_file']} (1 request: TTFT, TPOT) + "
         f"{files['generation_batch_file']} (32 x 64 tokens)",
-        "score": "each round's measure_reward (the step-shaped Score call through the reward service)",
+        "score": "the measure_reward runs before and after each round's step (the step-shaped Score call beside a "
+        "policy server, after a Generate)",
         "train": f"{files['trainer_file']} (update tokens/s, no services)",
-        "push": "each round's push benchmark (SmolLM2 fp32 same-host push GB/s, the path the step takes)",
+        "push": "the push benchmarks before and after each round's step (SmolLM2 fp32 same-host push GB/s, the path "
+        "the step takes)",
         "step": "the four phases above",
     }
     phase_files = {
@@ -253,9 +263,13 @@ def local_checks(results: Path = RESULTS, directory: Path = INPUTS) -> list[Chec
         "push": [],
     }
     phase_files["step"] = [name for phase in ("generate", "score", "train", "push") for name in phase_files[phase]]
-    step_records = _read(step_file, results)["rounds"]
+    step_data = _read(step_file, results)
+    step_records = [*step_data["rounds"], step_data["closing_inputs"]]
     round_machines = tuple(
-        record[part]["machine"]["platform"] for record in step_records for part in ("costs", "push", "step")
+        record[part]["machine"]["platform"]
+        for record in step_records
+        for part in ("costs", "push", "step")
+        if part in record
     ) + (_machine(step_file, results),)
     checks = []
     for name, phase in step_rounds(results, directory).items():

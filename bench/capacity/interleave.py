@@ -12,10 +12,12 @@ back to back. The calibration (calibration.reward_levels) predicts every round's
 round's own inputs and compares the medians over the rounds. Both programs run unchanged, each in its
 own process, as their own commands run them.
 
-With `--kind step` a round runs the inputs of the step's score and push phases, measure_reward (its
-step-shaped Score call through a reward server) and the push benchmark (`bench.push_bench
---synthetic-params 0`: its same-host push), and then the sync step they predict (`bench.step_bench
---modes sync`); the step checks compare the medians over the rounds the same way.
+With `--kind step` a round runs the inputs of the step's score and push phases, `measure_reward
+--step-call-only` (the step-shaped Score call beside a policy server, after a Generate) and the push
+benchmark (`bench.push_bench --synthetic-params 0`: its same-host push), and then the sync step they
+predict (`bench.step_bench --modes sync`); after the last round the inputs run once more, so every
+step run lies between two measurements of its inputs (the next round's, or the closing ones) and is
+predicted from both (calibration.step_rounds); the step checks compare the medians over the rounds.
 
 Writes bench/results/capacity.interleaved.json (reward) or capacity.step-interleaved.json (step): per
 round, every program's whole result file.
@@ -42,8 +44,9 @@ COMMAND = "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.interleave"
 DEFAULT_ROUNDS = {"reward": 4, "step": 3}
 WHAT = {
     "reward": "per round: bench.capacity.measure_reward's result (inputs), then bench.reward_bench's (predicted)",
-    "step": "per round: bench.capacity.measure_reward's and bench.push_bench's results (inputs), then "
-    "bench.step_bench --modes sync's (predicted)",
+    "step": "per round: bench.capacity.measure_reward --step-call-only's and bench.push_bench's results (inputs), "
+    "then bench.step_bench --modes sync's (predicted); closing_inputs: the inputs once more after the last round, "
+    "so that every step run has inputs measured right before and right after it",
 }
 
 
@@ -64,17 +67,23 @@ def measure_round(index: int, scratch: Path, reward_args: list[str]) -> dict:
     return {"round": index, "started_unix": round(started), "costs": costs, "reward": reward}
 
 
-def measure_step_round(index: int, scratch: Path, push_repeats: int) -> dict:
+def measure_step_inputs(index: int, scratch: Path, push_repeats: int) -> dict:
+    """The step's score and push inputs: measure_reward's step call, then the push benchmark."""
     started = time.time()
-    costs = _run("bench.capacity.measure_reward", "--out", scratch / f"costs-{index}.json", [])
+    costs = _run("bench.capacity.measure_reward", "--out", scratch / f"costs-{index}.json", ["--step-call-only"])
     push = _run(
         "bench.push_bench",
         "--output",
         scratch / f"push-{index}.json",
         ["--synthetic-params", "0", "--repeats", str(push_repeats)],
     )
+    return {"started_unix": round(started), "costs": costs, "push": push}
+
+
+def measure_step_round(index: int, scratch: Path, push_repeats: int) -> dict:
+    inputs = measure_step_inputs(index, scratch, push_repeats)
     step = _run("bench.step_bench", "--output", scratch / f"step-{index}.json", ["--modes", "sync"])
-    return {"round": index, "started_unix": round(started), "costs": costs, "push": push, "step": step}
+    return {"round": index, **inputs, "step": step}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append(measure_step_round(index, Path(scratch), args.push_repeats))
             else:
                 rounds.append(measure_round(index, Path(scratch), args.reward_args.split()))
+        closing = None
+        if args.kind == "step":  # the last round's step is bracketed by inputs too
+            log.info("closing inputs")
+            closing = measure_step_inputs(rounds_wanted, Path(scratch), args.push_repeats)
     command = COMMAND + (" --kind step" if args.kind == "step" else "")
     result = {
         "benchmark": "capacity.interleaved" if args.kind == "reward" else "capacity.step-interleaved",
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": WHAT[args.kind],
         "machine": machine(),
         "rounds": rounds,
+        **({"closing_inputs": closing} if closing is not None else {}),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -1,9 +1,10 @@
 """Reward-service costs on this machine, measured in pieces: what the capacity model predicts
 `make bench-reward`'s throughput and `make bench-step`'s score phase from.
 
-    flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward
+    flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward [--step-call-only]
 
-Neither predicted benchmark is run or read here. Three parts, each a component:
+Neither predicted benchmark is run or read here. Four parts, each a component (`--step-call-only`:
+the fourth alone, as the step rounds of bench.capacity.interleave run it):
 
 1. forward: the similarity model (`SimilarityReward.score`, in-process, no server) on bench-reward's
    workload, consecutive items in file order as the benchmark sends them, at batch sizes 1..32. A line
@@ -14,18 +15,24 @@ Neither predicted benchmark is run or read here. Three parts, each a component:
    reference). Every round brings texts not seen before, as every step does. In-process: the forward.
 3. service: the real reward server with bench-step's settings and models (bench/step_bench.py REWARDS),
    client in this process:
-   - the step's Score call: the step-shaped batches above sent to the `similarity` model, one call at
-     a time, new texts each round; what the step's score phase is predicted from;
+   - the step-shaped batches above sent to the `similarity` model, one call at a time, new texts each
+     round (`step_call_seconds`: the call on a reward server alone, for comparison);
    - the service alone, on the `rules` model (its scoring costs microseconds): one client's latency
      for a request of 1 and of 16 items (gRPC, validation, the batcher's wait, replies), and, with 16
      clients, CPU seconds per request of server and client together (what competes with a forward
      for the cores).
+4. step call: the step's Score call where the step makes it, what its score phase is predicted from:
+   a policy server and a reward server as bench-step starts them (bench/stack.py), each step-shaped
+   batch scored through the trainer's RewardClient right after one Generate of the step's shape
+   (the trainer's prompts, sampling settings and request, services/trainer/rollout.py), as a sync step
+   scores right after it generates. Then the same calls after a pause with the engine idle.
 
-Why the step's call is timed through the server, not as forward + latency: the two measured 0.20 s
-and 0.01 s here while the step's score phase took 0.29-0.45 s. An earlier version timed the forward
-beside a process that spins as vLLM's worker does for 1 s after each generation (0.61 s), but on the
-real stack a Score call right after a Generate took no longer than one after a 2 s pause (0.23 s and
-0.27 s, medians of 6).
+Why the step's call is timed beside the policy server and after a Generate, not on a reward server
+alone: on these 2 cores the same calls took 0.34 s on a reward server alone, 0.41 s right after a
+Generate and 0.38 s with the engine idle beside it (capacity.reward.json of 2026-12-04 14:29, medians
+of 8, 8 and 4), and the step's score phase runs slower than the alone figure in every round. The texts
+are not the cause: in a one-off probe the step's own completions and the batches above had the same
+similarity-model lengths (mean 49 and 50 tokens) and took the same time in the same position.
 
 Writes bench/results/capacity.reward.json.
 """
@@ -44,16 +51,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bench.machine import RESULTS, machine
 from bench.reward_bench import workload
+from bench.stack import services
 from bench.step_bench import REWARDS as STEP_REWARDS
 from rlhf.v1 import reward_pb2, reward_pb2_grpc
+from services.clients.policy import PolicyClient
+from services.clients.reward import RewardClient
 from services.common.client import open_aio_channel
 from services.common.model_store import DEFAULT_CACHE, prepare_smollm2
 from services.common.process import ServerProcess, free_port
+from services.common.prompts import PromptSampler, load_prompts
 from services.reward.backend import RewardItem
 from services.reward.similarity import SimilarityReward
+from services.trainer.config import TrainerConfig
+from services.trainer.rollout import SamplingSettings, generate
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,29 +259,94 @@ def measure_service(requests: int, step_batches: list[list[RewardItem]]) -> dict
     }
 
 
+def measure_step_call(batches: list[list[RewardItem]], idle_rounds: int, idle_pause_s: float) -> dict:
+    """The step's Score call beside a policy server, each right after a step-shaped Generate (see 4. above).
+
+    `batches`: the first warms both servers up and is left out; the rest are timed after a Generate, then
+    the first `idle_rounds` of them again after `idle_pause_s` with no Generate before.
+    """
+    model_dir = str(prepare_smollm2(DEFAULT_CACHE))
+    config = TrainerConfig(model=model_dir)
+    s = config.sampling
+    settings = SamplingSettings(
+        s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, config.apply_chat_template, config.run.seed
+    )
+    if len(batches[0]) != s.prompts_per_step * s.samples_per_prompt:
+        raise ValueError(f"step batches hold {len(batches[0])} items, the step scores {s.prompts_per_step} x "
+                         f"{s.samples_per_prompt}")  # fmt: skip
+    sampler = PromptSampler(load_prompts(ROOT / config.prompts_file), config.run.seed)
+
+    def messages(batch: list[RewardItem]) -> list[reward_pb2.ScoreItem]:
+        return [reward_pb2.ScoreItem(prompt=i.prompt, completion=i.completion, reference=i.reference) for i in batch]
+
+    def timed_score(reward: RewardClient, batch: list[RewardItem]) -> float:
+        started = time.perf_counter()
+        reward.score("similarity", messages(batch))
+        return time.perf_counter() - started
+
+    after_generate, idle = [], []
+    with tempfile.TemporaryDirectory(prefix="capacity-step-call-") as tmp:
+        with services(model_dir, STEP_REWARDS, Path(tmp) / "logs", label="measure_reward") as stack:
+            policy, reward = PolicyClient(stack.policy[0], 300.0, 3), RewardClient(stack.reward)
+            try:
+                for index, batch in enumerate(tqdm(batches, desc="step calls after a Generate", unit="call")):
+                    generate(policy, sampler.next_batch(s.prompts_per_step), settings, index, "capacity")
+                    after_generate.append(timed_score(reward, batch))
+                for batch in batches[1 : idle_rounds + 1]:
+                    time.sleep(idle_pause_s)
+                    idle.append(timed_score(reward, batch))
+            finally:
+                policy.close()
+                reward.close()
+    after_generate = after_generate[1:]
+    log.info("step call: %.1f ms after a Generate, %.1f ms with the engine idle (medians)",
+             statistics.median(after_generate) * 1000, statistics.median(idle) * 1000)  # fmt: skip
+    return {
+        "what": "the step's Score call (step-shaped batches, the similarity model, the trainer's RewardClient) with "
+        "a policy server and a reward server as bench-step starts them, each call right after one Generate of the "
+        "step's shape; then some again after a pause with the engine idle",
+        "items": len(batches[1]),
+        "after_generate_seconds": [round(x, 4) for x in after_generate],
+        "after_generate_seconds_median": round(statistics.median(after_generate), 5),
+        "idle_pause_s": idle_pause_s,
+        "idle_seconds": [round(x, 4) for x in idle],
+        "idle_seconds_median": round(statistics.median(idle), 5),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=9, help="Timed batches per batch size (median taken).")
     parser.add_argument("--step-rounds", type=int, default=8, help="Step-shaped score calls timed.")
+    parser.add_argument("--idle-rounds", type=int, default=4, help="Step-shaped calls timed with the engine idle.")
+    parser.add_argument("--idle-pause-s", type=float, default=3.0, help="Pause before each of those calls.")
     parser.add_argument("--requests", type=int, default=256, help="Requests per service measurement.")
     parser.add_argument("--max-tokens", type=int, default=48, help="The step's completion tokens (TrainerConfig).")
+    parser.add_argument(
+        "--step-call-only",
+        action="store_true",
+        help="Measure part 4 alone (the step's score input; what the step rounds of bench.capacity.interleave need).",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="Result file.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     load_start = os.getloadavg()
-    forward = measure_forward(args.repeats)
-    model = forward.pop("_model")
     batches = step_batches(args.max_tokens, 2 * (args.step_rounds + 1))
-    step = measure_step_batch(model, batches[: args.step_rounds + 1])
-    del model
-    service = measure_service(args.requests, batches[args.step_rounds + 1 :])
+    parts = {}
+    if not args.step_call_only:
+        forward = measure_forward(args.repeats)
+        model = forward.pop("_model")
+        parts["step_batch"] = measure_step_batch(model, batches[: args.step_rounds + 1])
+        del model
+        parts["forward"] = forward
+        parts["service"] = measure_service(args.requests, batches[args.step_rounds + 1 :])
+    parts["step_call"] = measure_step_call(batches[: args.step_rounds + 1], args.idle_rounds, args.idle_pause_s)
     result = {
         "benchmark": "capacity.reward",
-        "command": "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward",
+        "command": "flock /tmp/heavy.lock .venv/bin/python -m bench.capacity.measure_reward"
+        + (" --step-call-only" if args.step_call_only else ""),
         "machine": {**machine(), "torch_threads": torch.get_num_threads()},
-        "forward": forward,
-        "step_batch": step,
-        "service": service,
+        **parts,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
     }

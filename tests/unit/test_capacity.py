@@ -102,6 +102,11 @@ def _perturbed(tmp_path, name: str, change) -> Path:
     return results
 
 
+def _step_inputs(rounds_file: dict) -> list[dict]:
+    """Every measurement of the step's inputs in a step rounds file: each round's, then the closing ones."""
+    return [*rounds_file["rounds"], rounds_file["closing_inputs"]]
+
+
 @pytest.mark.parametrize(
     ("name", "change", "check"),
     [
@@ -109,10 +114,10 @@ def _perturbed(tmp_path, name: str, change) -> Path:
         (
             "capacity.step-interleaved.json",
             lambda d: [
-                r["costs"]["service"].update(
-                    step_call_seconds_median=r["costs"]["service"]["step_call_seconds_median"] * 3
+                r["costs"]["step_call"].update(
+                    after_generate_seconds_median=r["costs"]["step_call"]["after_generate_seconds_median"] * 3
                 )
-                for r in d["rounds"]
+                for r in _step_inputs(d)
             ],
             "step.score",
         ),
@@ -132,7 +137,7 @@ def _perturbed(tmp_path, name: str, change) -> Path:
                 r["push"]["cases"][0]["same_host_push"].update(
                     gb_per_s=r["push"]["cases"][0]["same_host_push"]["gb_per_s"] / 3
                 )
-                for r in d["rounds"]
+                for r in _step_inputs(d)
             ],
             "step.push",
         ),
@@ -172,9 +177,10 @@ def test_local_inputs_are_components_not_the_predicted_totals() -> None:
         assert level["rounds"] == len(rounds) and len(level["round_errors"]) == len(rounds)
     first = calibration.service_costs(rounds[0]["costs"], calibration._batching(rounds[0]["reward"]))
     assert first.forward_s(8) == rounds[0]["costs"]["forward"]["seconds_by_batch"]["8"]
-    # the step's phases likewise: each round's score and push from that round's measure_reward and push benchmark,
-    # compared with that round's sync bench-step run
-    step_rounds = json.loads((calibration.RESULTS / predicted["step_rounds_file"]).read_text())["rounds"]
+    # the step's phases likewise: each round's score and push from the measure_reward and push benchmark runs
+    # right before and right after that round's sync bench-step run, compared with that run
+    step_file = json.loads((calibration.RESULTS / predicted["step_rounds_file"]).read_text())
+    step_rounds = step_file["rounds"]
     assert len(step_rounds) >= 3
     phases = calibration.step_rounds()
     assert {phase["rounds"] for phase in phases.values()} == {len(step_rounds)}
@@ -183,11 +189,11 @@ def test_local_inputs_are_components_not_the_predicted_totals() -> None:
             r["step"]["sync"]["step_s"] if phase == "step" else r["step"]["sync"]["seconds"][phase] for r in step_rounds
         ]
         assert values["measured"] == statistics.median(measured), phase
-    first_push = step_rounds[0]["push"]["cases"][0]["same_host_push"]["gb_per_s"]
     push_bytes = inputs.read_toml("local.toml")["step"]["push_bytes"]
-    assert phases["push"]["round_errors"][0] == round(
-        push_bytes / 1e9 / first_push / step_rounds[0]["step"]["sync"]["seconds"]["push"] - 1, 4
-    )
+    for index, (record, following) in enumerate(zip(step_rounds, _step_inputs(step_file)[1:], strict=True)):
+        seconds = [push_bytes / 1e9 / r["push"]["cases"][0]["same_host_push"]["gb_per_s"] for r in (record, following)]
+        measured = record["step"]["sync"]["seconds"]["push"]
+        assert phases["push"]["round_errors"][index] == round(statistics.fmean(seconds) / measured - 1, 4)
 
 
 def test_published_figures_reproduced(data: inputs.Inputs) -> None:
