@@ -329,6 +329,14 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=OUT, help="Result file.")
     args = parser.parse_args()
+    for flag, value, least in (
+        ("--repeats", args.repeats, 1),
+        ("--step-rounds", args.step_rounds, 1),
+        ("--idle-rounds", args.idle_rounds, 1),
+        ("--requests", args.requests, 4),  # a quarter of them time the 16-item requests
+    ):
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     load_start = os.getloadavg()
     batches = step_batches(args.max_tokens, 2 * (args.step_rounds + 1))
