@@ -177,6 +177,11 @@ def measure_step_batch(model, batches: list[list[RewardItem]]) -> dict:
     }
 
 
+def score_items(batch: list[RewardItem]) -> list[reward_pb2.ScoreItem]:
+    """A batch as the Score request's items."""
+    return [reward_pb2.ScoreItem(prompt=i.prompt, completion=i.completion, reference=i.reference) for i in batch]
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -184,16 +189,13 @@ def _cpu_seconds(pid: int) -> float:
 
 async def _service_levels(address: str, server_pid: int, requests: int, step_batches: list[list[RewardItem]]) -> dict:
 
-    def message(item: RewardItem) -> reward_pb2.ScoreItem:
-        return reward_pb2.ScoreItem(prompt=item.prompt, completion=item.completion, reference=item.reference)
-
-    one, sixteen = [message(step_batches[0][0])], [message(i) for i in step_batches[0]]
+    one, sixteen = score_items(step_batches[0][:1]), score_items(step_batches[0])
     async with open_aio_channel(address) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
         step_calls = []
         for batch in step_batches:  # the first warms the model up and is left out
             started = time.perf_counter()
-            await stub.Score(reward_pb2.ScoreRequest(model="similarity", items=[message(i) for i in batch]), timeout=60)
+            await stub.Score(reward_pb2.ScoreRequest(model="similarity", items=score_items(batch)), timeout=60)
             step_calls.append(time.perf_counter() - started)
         step_calls = step_calls[1:]
 
@@ -268,20 +270,15 @@ def measure_step_call(batches: list[list[RewardItem]], idle_rounds: int, idle_pa
     model_dir = str(prepare_smollm2(DEFAULT_CACHE))
     config = TrainerConfig(model=model_dir)
     s = config.sampling
-    settings = SamplingSettings(
-        s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, config.apply_chat_template, config.run.seed
-    )
+    settings = SamplingSettings.of(s, config.apply_chat_template, config.run.seed)
     if len(batches[0]) != s.prompts_per_step * s.samples_per_prompt:
         raise ValueError(f"step batches hold {len(batches[0])} items, the step scores {s.prompts_per_step} x "
                          f"{s.samples_per_prompt}")  # fmt: skip
     sampler = PromptSampler(load_prompts(ROOT / config.prompts_file), config.run.seed)
 
-    def messages(batch: list[RewardItem]) -> list[reward_pb2.ScoreItem]:
-        return [reward_pb2.ScoreItem(prompt=i.prompt, completion=i.completion, reference=i.reference) for i in batch]
-
     def timed_score(reward: RewardClient, batch: list[RewardItem]) -> float:
         started = time.perf_counter()
-        reward.score("similarity", messages(batch))
+        reward.score("similarity", score_items(batch))
         return time.perf_counter() - started
 
     after_generate, idle = [], []

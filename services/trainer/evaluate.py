@@ -137,9 +137,7 @@ class Evaluator:
         c = self.config
         started = time.perf_counter()
         s = c.sampling
-        settings = SamplingSettings(
-            s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, c.apply_chat_template, c.seed
-        )
+        settings = SamplingSettings.of(s, c.apply_chat_template, c.seed)
         scores: dict[str, list[torch.Tensor]] = {name: [] for name in c.reward_models}
         texts, references, versions, kl_k1, kl_k3, lengths = [], [], set(), [], [], []
         for index, start in enumerate(range(0, len(self.rows), s.prompts_per_step)):

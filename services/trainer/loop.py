@@ -280,9 +280,7 @@ class Trainer:
             self.reward_client,
             self.data.reward_models(c),
             s.prompts_per_step,
-            SamplingSettings(
-                s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, c.apply_chat_template, c.run.seed
-            ),
+            SamplingSettings.of(s, c.apply_chat_template, c.run.seed),
             TemperatureSchedule(c.exploration, s.temperature, c.steps)
             if c.exploration.temperature_schedule != "constant"
             else None,

@@ -18,6 +18,7 @@ from services.clients.policy import PolicyClient
 from services.clients.reward import RewardClient
 from services.common.prompt_templates import Templates
 from services.common.prompts import PromptRow, PromptSampler
+from services.common.sections import Sampling
 from services.trainer.losses import token_logprobs
 
 
@@ -29,6 +30,12 @@ class SamplingSettings:
     top_p: float
     apply_chat_template: bool
     seed: int
+
+    @classmethod
+    def of(cls, sampling: Sampling, apply_chat_template: bool, seed: int) -> SamplingSettings:
+        """The settings a config's sampling section asks for (the trainer, the evaluator, the capacity bench)."""
+        s = sampling
+        return cls(s.samples_per_prompt, s.max_tokens, s.temperature, s.top_p, apply_chat_template, seed)
 
 
 @dataclass
