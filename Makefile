@@ -22,7 +22,7 @@ help:
 	@echo "make models      convert the packaged policy model once (no downloads)"
 	@echo "make bench       every benchmark below, one JSON each in bench/results/ (baseline, candidate, ratio, machine; ~1.5 h on 2 cores)"
 	@echo "make bench-generation  tokens/s: policy service vs in-process vLLM vs HF generate (bench/results/generation.json)"
-	@echo "make bench-push  push seconds and GB/s: gRPC push vs disk write + reload, SmolLM2 and ~1B bf16 (bench/results/push.json); the receive's layers over loopback (push-wire.json)"
+	@echo "make bench-push  push seconds and GB/s: gRPC push vs disk write + reload, SmolLM2 and ~1B bf16 (bench/results/push.json); the receive's layers over loopback (push-wire.json); the best any overlap with the reload could do (push-floor.json)"
 	@echo "make bench-step  training step time split: sync vs async vs colocated baseline (bench/results/step.json)"
 	@echo "make bench-scaling  generation tokens/s and push time, 1 vs 2 policy replicas (bench/results/scaling.json)"
 	@echo "make bench-reward  reward service throughput/latency, batching on vs off (writes bench/results/reward.json)"
@@ -116,6 +116,7 @@ bench-generation: setup
 bench-push: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.push_bench
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.push_wire_bench
+	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.push_floor_bench
 
 bench-step: setup
 	HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(PY) -m bench.step_bench

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -118,27 +119,42 @@ def _serialized(tensors: list) -> Iterator[bytes]:
     return (request.SerializeToString() for request in push_requests(tensors))
 
 
-def measure(repeats: int) -> dict:
-    tensors = load_tensors(prepare_smollm2())
-    total = sum(t.numel() * t.element_size() for _, t in tensors)
-    manifest = {name: TensorSpec(tuple(t.shape)) for name, t in tensors}
+def raw_messages(tensors: list) -> list[bytes]:
+    """Raw bytes in the push's chunk sizes (what gRPC's transport alone carries for this push)."""
     sizes = [
         min(DEFAULT_CHUNK_BYTES, nbytes - offset)
         for nbytes in (t.numel() * t.element_size() for _, t in tensors)
         for offset in range(0, nbytes, DEFAULT_CHUNK_BYTES)
     ]
-    messages = len(sizes)
     buffers = {size: bytes(size) for size in set(sizes)}
-    raw = [buffers[size] for size in sizes]  # the push's chunk sizes, as raw bytes
+    return [buffers[size] for size in sizes]
+
+
+@contextlib.contextmanager
+def wire_server(receiver: _Receiver) -> Iterator[int]:
+    """A gRPC aio server in a thread of this process, receiving with `receiver`; yields its port."""
+    ready, stop, port = threading.Event(), threading.Event(), []
+    server = threading.Thread(target=_serve, args=(receiver, ready, stop, port), daemon=True)
+    server.start()
+    ready.wait(60)
+    try:
+        yield port[0]
+    finally:
+        stop.set()
+        server.join(30)
+
+
+def measure(repeats: int) -> dict:
+    tensors = load_tensors(prepare_smollm2())
+    total = sum(t.numel() * t.element_size() for _, t in tensors)
+    manifest = {name: TensorSpec(tuple(t.shape)) for name, t in tensors}
+    raw = raw_messages(tensors)
+    messages = len(raw)
     cases: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as staging:
         receiver = _Receiver(manifest, Path(staging))
-        ready, stop, port = threading.Event(), threading.Event(), []
-        server = threading.Thread(target=_serve, args=(receiver, ready, stop, port), daemon=True)
-        server.start()
-        ready.wait(60)
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port[0]}", options=_OPTIONS) as channel:
+        with wire_server(receiver) as port:
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=_OPTIONS) as channel:
                 send_raw = channel.stream_unary(_METHOD)
                 send_push = channel.stream_unary(_METHOD)
                 cases["sender alone (build + serialize + XXH3, no send)"] = _timed(
@@ -150,9 +166,6 @@ def measure(repeats: int) -> dict:
                     receiver.mode = mode
                     cases[mode] = _timed(lambda: send_push(_serialized(tensors), timeout=600), repeats)
                     print(f"[push-wire] {mode}: {statistics.median(cases[mode]):.3f} s", flush=True)
-        finally:
-            stop.set()
-            server.join(30)
     baseline = statistics.median(cases.pop("raw"))
     names = {
         "parse": "PushWeightsRequest stream, parsed and checked (PushAssembler, XXH3-128), not staged",
