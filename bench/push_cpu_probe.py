@@ -16,10 +16,9 @@ Writes bench/results/push-cpu-probe.json (or --output).
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,33 +50,22 @@ def random_smollm2(directory: Path) -> Path:
 
 
 def helpers_alone(model_dir: Path, repeats: int, gap_s: float) -> dict:
-    import bench.push_floor_bench as floor
+    from bench.push_floor_bench import Helpers
 
-    context = multiprocessing.get_context("spawn")
     runs: dict[str, list[float]] = {" || ".join(case): [] for case in CASES}
     with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
         staged = Path(shm) / "staged.safetensors"
-        staged.write_bytes((model_dir / "model.safetensors").read_bytes())
-        receiver = floor.Receiver(context)
-        helpers = {
-            "segment write": floor.Helper(context, "segment_write", str(model_dir)),
-            "checksum": floor.Helper(context, "checksum", str(staged)),
-            "sender's checksum": floor.Helper(context, "checksum", str(staged)),
-            "raw transport": floor.Helper(context, "transport", str(model_dir), str(receiver.port)),
-        }
+        shutil.copyfile(model_dir / "model.safetensors", staged)
+        helpers = Helpers(model_dir, staged)
         try:
             for round_ in range(-1, repeats):
                 for case in CASES:
                     time.sleep(gap_s)
-                    started = floor._now()
-                    for label in case:
-                        helpers[label].go()
-                    ended = max(helpers[label].finished()[1] for label in case)
+                    seconds = helpers.run_beside(case)
                     if round_ >= 0:
-                        runs[" || ".join(case)].append(ended - started)
+                        runs[" || ".join(case)].append(seconds)
         finally:
-            for helper in [*helpers.values(), receiver]:
-                helper.stop()
+            helpers.stop()
     return {
         name: {"seconds": round(statistics.median(seconds), 4), "seconds_all": [round(x, 4) for x in seconds]}
         for name, seconds in runs.items()
@@ -85,21 +73,14 @@ def helpers_alone(model_dir: Path, repeats: int, gap_s: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-    parser.add_argument("--gap-s", type=float, default=0.5, help="pause before every run")
-    parser.add_argument(
-        "--output", type=Path, default=None, help="Result file instead of bench/results/push-cpu-probe.json."
-    )
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    import bench.push_wire_bench as wire
+    from bench.push_bench import load_tensors
+    from bench.push_floor_bench import parse_rounds
+    from bench.push_wire_bench import measure as measure_wire
 
+    args = parse_rounds(__doc__.splitlines()[0], "push-cpu-probe.json", gap_s=0.5)
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = random_smollm2(Path(scratch))
-        wire.prepare_smollm2 = lambda: model_dir  # the wire cases read these tensors instead of the packaged model
-        wire_result = wire.measure(args.repeats)
+        wire_result = measure_wire(args.repeats, load_tensors(model_dir))
         helpers = helpers_alone(model_dir, args.repeats, args.gap_s)
     for name, case in helpers.items():
         print(f"[push-cpu-probe] {name}: {case['seconds']:.3f} s", flush=True)

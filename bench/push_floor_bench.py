@@ -152,19 +152,72 @@ class Receiver:
         self.process.join(30)
 
 
+class Helpers:
+    """Every helper of the benchmark, each in its own process (the raw transport's receiver in one more)."""
+
+    def __init__(self, model_dir: Path, staged: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.by_label: dict[str, Helper] = {}
+        self.receiver = Receiver(context)
+        try:
+            for label, kind, *arguments in (
+                ("segment write", "segment_write", str(model_dir)),
+                ("checksum", "checksum", str(staged)),
+                ("sender's checksum", "checksum", str(staged)),
+                ("raw transport", "transport", str(model_dir), str(self.receiver.port)),
+            ):
+                self.by_label[label] = Helper(context, kind, *arguments)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self) -> set[int]:
+        return {h.process.pid for h in [*self.by_label.values(), self.receiver]}
+
+    def run_beside(self, labels: tuple[str, ...], work: Callable[[], object] = lambda: None) -> float:
+        """Starts the helpers named in `labels` and runs `work` here at the same instant; seconds until all are done."""
+        started = _now()
+        for label in labels:
+            self.by_label[label].go()
+        work()
+        ended = [_now()] + [self.by_label[label].finished()[1] for label in labels]
+        return max(ended) - started
+
+    def stop(self) -> None:
+        for helper in [*self.by_label.values(), self.receiver]:
+            helper.stop()
+
+
+def parse_rounds(description: str, result_file: str, gap_s: float) -> argparse.Namespace:
+    """The command line of a benchmark run in rounds: --repeats, --gap-s, --output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--gap-s", type=float, default=gap_s, help="pause before every run")
+    parser.add_argument(
+        "--output", type=Path, default=None, help=f"Result file instead of bench/results/{result_file}."
+    )
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
 # ---- the measurement ----------------------------------------------------------------------
 
 # Each round runs every case once, in this order, so a drift of the machine's speed reaches every case alike.
-CASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("reload alone", ()),
-    ("segment write alone", ("segment write",)),
-    ("checksum alone", ("checksum",)),
-    ("raw transport alone", ("raw transport",)),
-    ("reload || checksum", ("checksum",)),
-    ("reload || sender's checksum || checksum", ("sender's checksum", "checksum")),
-    ("reload || segment write || checksum", ("segment write", "checksum")),
-    ("reload || raw transport", ("raw transport",)),
-    ("disk write + reload", ()),
+# A case: its name, the helpers beside it, and what this process loads meanwhile (None: nothing; "staged": the
+# file in /dev/shm; "disk": the tensors written to a new file on disk first).
+CASES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
+    ("reload alone", (), "staged"),
+    ("segment write alone", ("segment write",), None),
+    ("checksum alone", ("checksum",), None),
+    ("raw transport alone", ("raw transport",), None),
+    ("reload || checksum", ("checksum",), "staged"),
+    ("reload || sender's checksum || checksum", ("sender's checksum", "checksum"), "staged"),
+    ("reload || segment write || checksum", ("segment write", "checksum"), "staged"),
+    ("reload || raw transport", ("raw transport",), "staged"),
+    ("disk write + reload", (), "disk"),
 )
 
 
@@ -251,40 +304,28 @@ def measure(repeats: int, gap_s: float) -> dict:
     engine.start()
     loop = asyncio.new_event_loop()
     reload = lambda path: loop.run_until_complete(engine.load_weights(str(path)))  # noqa: E731
-    context = multiprocessing.get_context("spawn")
     runs: dict[str, list[float]] = {}
     cpu: list[float] = []
-    helpers: dict[str, Helper] = {}
-    receiver: Receiver | None = None
+    helpers: Helpers | None = None
     try:
         with tempfile.TemporaryDirectory(dir="/dev/shm") as shm, tempfile.TemporaryDirectory(dir=RESULTS) as disk:
             staged = Path(shm) / "staged.safetensors"
             save_file(dict(tensors), str(staged))
-            receiver = Receiver(context)
-            for label, kind, *arguments in (
-                ("segment write", "segment_write", str(model_dir)),
-                ("checksum", "checksum", str(staged)),
-                ("sender's checksum", "checksum", str(staged)),
-                ("raw transport", "transport", str(model_dir), str(receiver.port)),
-            ):
-                helpers[label] = Helper(context, kind, *arguments)
-            pids = {h.process.pid for h in [*helpers.values(), receiver]}
-
-            write_to_disk = lambda: _write_new(Path(disk) / "pushed.safetensors", tensors)  # noqa: E731
+            helpers = Helpers(model_dir, staged)
+            pids = helpers.pids
+            pushed = Path(disk) / "pushed.safetensors"
+            loads: dict[str | None, Callable[[], object]] = {
+                None: lambda: None,
+                "staged": lambda: reload(staged),
+                "disk": lambda: (_write_new(pushed, tensors), reload(pushed)),
+            }
             for round_ in range(-1, repeats):  # -1: an untimed warm-up round
-                for name, beside in CASES:
+                for name, beside, load in CASES:
                     time.sleep(gap_s)
                     cpu_before = _engine_cpu_seconds(pids)
-                    started = _now()
-                    for label in beside:
-                        helpers[label].go()
-                    if name == "disk write + reload":
-                        write_to_disk()
-                    if name.startswith(("reload", "disk")):
-                        reload(Path(disk) / "pushed.safetensors" if name.startswith("disk") else staged)
-                    ended = [_now()] + [helpers[label].finished()[1] for label in beside]
+                    seconds = helpers.run_beside(beside, loads[load])
                     if round_ >= 0:
-                        runs.setdefault(name, []).append(max(ended) - started)
+                        runs.setdefault(name, []).append(seconds)
                         if name == "reload alone":
                             cpu.append(_engine_cpu_seconds(pids) - cpu_before)
                 if round_ >= 0:
@@ -294,8 +335,8 @@ def measure(repeats: int, gap_s: float) -> dict:
                         flush=True,
                     )
     finally:
-        for helper in [*helpers.values(), *([receiver] if receiver else [])]:
-            helper.stop()
+        if helpers is not None:
+            helpers.stop()
         loop.close()
         engine.shutdown()
     median = {name: statistics.median(seconds) for name, seconds in runs.items()}
@@ -323,15 +364,7 @@ def measure(repeats: int, gap_s: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
-    parser.add_argument("--gap-s", type=float, default=3.0, help="pause before every run (as in bench.push_bench)")
-    parser.add_argument(
-        "--output", type=Path, default=None, help="Result file instead of bench/results/push-floor.json."
-    )
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    args = parse_rounds(__doc__.splitlines()[0], "push-floor.json", gap_s=3.0)  # 3 s: as bench.push_bench
     result = measure(args.repeats, args.gap_s)
     print(
         f"[push-floor] same-host floor {result['same_host_ratio_floor']}x reload (target <= {SAME_HOST_TARGET}); "

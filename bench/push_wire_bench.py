@@ -144,8 +144,9 @@ def wire_server(receiver: _Receiver) -> Iterator[int]:
         server.join(30)
 
 
-def measure(repeats: int) -> dict:
-    tensors = load_tensors(prepare_smollm2())
+def measure(repeats: int, tensors: list | None = None) -> dict:
+    """The cases on `tensors` (default: the packaged SmolLM2-135M's)."""
+    tensors = tensors if tensors is not None else load_tensors(prepare_smollm2())
     total = sum(t.numel() * t.element_size() for _, t in tensors)
     manifest = {name: TensorSpec(tuple(t.shape)) for name, t in tensors}
     raw = raw_messages(tensors)
